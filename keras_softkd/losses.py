@@ -1,0 +1,490 @@
+"""The papers' losses: pure functions on logits and thin ``keras.losses.Loss`` classes.
+
+Notation (``../docs/METHODS.md``): ``z`` student logits ``(batch, K)``, ``p``
+one-hot labels, ``q(t) = softmax(z / t)``, ``CE(p, q) = -sum_k p_k log q_k``,
+``KL(a || b) = sum_k a_k (log a_k - log b_k)`` with ``0 log 0 = 0``.
+
+Every function returns the **per-example** loss, shape ``(batch,)``. KL terms
+are summed over classes; the batch mean is the Keras ``Loss`` reduction (what
+PyTorch calls ``batchmean``). Everything is computed from ``log_softmax`` of
+logits, in float32 whatever the input dtype, so saturated logits and
+float16/bfloat16 logits give finite losses and gradients.
+
+=============  ===========================================================  =========
+method         per-example loss                                             equation
+=============  ===========================================================  =========
+``ce``         ``CE(p, q(1))``
+``lsr``        ``CE((1-a) p + a u, q(1))``                                  W 5, 6
+``lsrkd``      ``(1-a) CE(p, q(1)) + a t KL(u || q(t))``                    W 10
+``lsrkd_tc``   ``u`` replaced by ``q'`` (true class ``g``)                  W 11, 12
+``kd``         ``(1-a) CE(p, q(1)) + a t^2 (1/n) sum_i KL(qT_i(t) || q(t))``  W 4, 14
+``mrkd``       ``kd`` with the memory copies as the ``n`` teachers          W 13, 14
+``mrkd_tc``    ``kd`` with each teacher corrected (W 16), factor ``t``      W 16, 17
+``pseudo_kd``  ``CE((1-a) p + a P*, q(1)) + b KL(P* || U)``                 P 5, 12, 13
+=============  ===========================================================  =========
+
+Labels may be integers, shape ``(batch,)`` or ``(batch, 1)``, or one-hot,
+shape ``(batch, K)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+from keras import ops
+
+from keras_softkd import _checks, teachers
+
+__all__ = [
+    "cross_entropy",
+    "kl_divergence",
+    "ce",
+    "lsr",
+    "lsrkd",
+    "kd",
+    "mrkd",
+    "pseudo_kd",
+    "LSRLoss",
+    "LsrKDLoss",
+    "KDLoss",
+    "PseudoKDLoss",
+]
+
+
+# --------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------
+
+
+def cross_entropy(targets, logits) -> "Tensor":  # noqa: F821
+    """``CE(targets, softmax(logits)) = -sum_k targets_k log_softmax(logits)_k``.
+
+    Args:
+        targets: ``(batch, K)`` probabilities (one-hot or smoothed).
+        logits: ``(batch, K)`` logits.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> round(float(losses.cross_entropy(np.array([[0.0, 1.0]]), np.zeros((1, 2)))[0]), 4)
+        0.6931
+    """
+    return -ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1)
+
+
+def kl_divergence(teacher_log_probs, student_log_probs) -> "Tensor":  # noqa: F821
+    """``KL(a || b) = sum_k a_k (log a_k - log b_k)``, summed over classes.
+
+    Takes log-probabilities (never probabilities: no clipping, so a student
+    probability of 1e-30 still gets its gradient). A teacher entry of
+    ``-inf`` (probability 0) contributes 0 (``0 log 0 = 0``).
+
+    Args:
+        teacher_log_probs: ``log a``, shape ``(..., K)``.
+        student_log_probs: ``log b``, same shape.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> a, b = np.log([[0.5, 0.5]]), np.log([[0.9, 0.1]])
+        >>> round(float(losses.kl_divergence(a, b)[0]), 4)
+        0.5108
+    """
+    teacher_log_probs = ops.convert_to_tensor(teacher_log_probs)
+    has_mass = teacher_log_probs > -float("inf")
+    safe_log = ops.where(has_mass, teacher_log_probs, 0.0)
+    terms = ops.exp(safe_log) * (safe_log - student_log_probs)
+    return ops.sum(ops.where(has_mass, terms, 0.0), axis=-1)
+
+
+def _distillation(one_hot, logits, teacher_log_probs, alpha, temperature, power):
+    """``(1-a) CE(p, q(1)) + a t^power KL(teacher || q(t))``, teacher in log space.
+
+    ``teacher_log_probs`` may carry a leading axis of ``n`` teachers: their KL
+    terms are averaged (W 14).
+    """
+    hard = cross_entropy(one_hot, logits)
+    student = ops.log_softmax(logits / temperature, axis=-1)
+    kl = kl_divergence(teacher_log_probs, student)
+    if len(kl.shape) == 2:  # (n, batch): n teachers
+        kl = ops.mean(kl, axis=0)
+    return (1.0 - alpha) * hard + alpha * temperature**power * kl
+
+
+# --------------------------------------------------------------------------
+# Per-example losses, one per method
+# --------------------------------------------------------------------------
+
+
+def ce(labels, logits) -> "Tensor":  # noqa: F821
+    """Plain cross-entropy ``CE(p, q(1))`` from logits (the baseline).
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> round(float(losses.ce(np.array([1]), np.array([[0.0, 0.0]]))[0]), 4)
+        0.6931
+    """
+    logits = _checks.as_float32(logits)
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    return _checks.mark_invalid(cross_entropy(one_hot, logits), valid)
+
+
+def lsr(labels, logits, alpha: float) -> "Tensor":  # noqa: F821
+    """Label smoothing regularization, ``CE(p', q(1))`` with ``p' = (1-a) p + a u`` (W 5, 6).
+
+    Equals ``keras.losses.CategoricalCrossentropy(from_logits=True,
+    label_smoothing=alpha)`` per example.
+
+    Args:
+        labels: integer ``(batch,)`` or one-hot ``(batch, K)`` labels.
+        logits: ``(batch, K)`` student logits.
+        alpha: smoothing weight ``a`` in ``[0, 1]``.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> round(float(losses.lsr(np.array([0]), np.array([[2.0, 0.0]]), alpha=0.1)[0]), 4)
+        0.2269
+    """
+    _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+    logits = _checks.as_float32(logits)
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    num_classes = logits.shape[-1]
+    smoothed = (1.0 - alpha) * one_hot + alpha / num_classes
+    return _checks.mark_invalid(cross_entropy(smoothed, logits), valid)
+
+
+def lsrkd(
+    labels,
+    logits,
+    alpha: float,
+    temperature: float,
+    gamma: Optional[float] = None,
+    temperature_power: float = 1.0,
+) -> "Tensor":  # noqa: F821
+    """LsrKD (W 10) and, with ``gamma``, LsrKD-TC (W 11, 12).
+
+    ``(1-a) CE(p, q(1)) + a * t^power * KL(u || q(t))``; with ``gamma`` the
+    uniform teacher ``u`` becomes ``q'`` with ``q'_c = gamma`` and
+    ``q'_m = (1-gamma)/(K-1)``. The paper scales the KL term by ``t``
+    (``temperature_power=1``), not Hinton's ``t^2``, on purpose (W 10).
+
+    At ``t = 1`` LsrKD has the gradient of :func:`lsr` (the values differ by
+    the constant ``a log K``).
+
+    Args:
+        labels: integer ``(batch,)`` or one-hot ``(batch, K)`` labels.
+        logits: ``(batch, K)`` student logits.
+        alpha: KD weight ``a`` in ``[0, 1]``.
+        temperature: ``t > 0``.
+        gamma: teacher correction, the true class's teacher probability in
+            ``[0, 1]``; ``None`` for the uniform teacher.
+        temperature_power: exponent of ``t`` on the KL term (paper: 1).
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> z = np.array([[3.0, 0.0, -1.0]])
+        >>> round(float(losses.lsrkd(np.array([0]), z, alpha=0.1, temperature=3.0)[0]), 4)
+        0.1099
+    """
+    _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+    _checks.positive("temperature", temperature)
+    logits = _checks.as_float32(logits)
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    if gamma is None:
+        teacher = teachers.uniform(one_hot)
+    else:
+        teacher = teachers.teacher_correction(one_hot, gamma)
+    losses = _distillation(one_hot, logits, teacher, alpha, temperature, temperature_power)
+    return _checks.mark_invalid(losses, valid)
+
+
+def kd(
+    labels,
+    logits,
+    teacher_logits,
+    alpha: float,
+    temperature: float,
+    gamma: Optional[float] = None,
+    temperature_power: Optional[float] = None,
+) -> "Tensor":  # noqa: F821
+    """Distillation from teacher logits: Hinton KD (W 4), MrKD (W 13, 14), MrKD-TC (W 16, 17).
+
+    ``(1-a) CE(p, q(1)) + a * t^power * (1/n) sum_i KL(qT_i(t) || q(t))``
+    with ``qT_i = softmax(teacher_logits[i] / t)``. With ``gamma`` each
+    teacher is first corrected (W 16): ``qT'_c = gamma`` and the other classes
+    share ``1 - gamma`` in proportion to ``qT``. The default power is the
+    paper's: ``t^2`` for raw teachers (W 4, 13), ``t`` for corrected ones (W 17).
+    No gradient flows into the teacher logits.
+
+    Args:
+        labels: integer ``(batch,)`` or one-hot ``(batch, K)`` labels.
+        logits: ``(batch, K)`` student logits.
+        teacher_logits: ``(batch, K)`` for one teacher, ``(n, batch, K)`` for
+            ``n`` (the memory copies); their KL terms are averaged.
+        alpha: KD weight ``a`` in ``[0, 1]``.
+        temperature: ``t > 0``.
+        gamma: teacher correction in ``[0, 1]``, or ``None``.
+        temperature_power: exponent of ``t``; ``None`` for the paper's default.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> z, zt = np.array([[2.0, 0.0]]), np.array([[1.0, 0.0]])
+        >>> round(float(losses.kd(np.array([0]), z, zt, alpha=0.5, temperature=2.0)[0]), 4)
+        0.1194
+    """
+    _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+    _checks.positive("temperature", temperature)
+    logits = _checks.as_float32(logits)
+    teacher_logits = ops.stop_gradient(_checks.as_float32(teacher_logits))
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    if tuple(teacher_logits.shape[-2:]) != tuple(logits.shape) or len(teacher_logits.shape) > 3:
+        raise ValueError(
+            "`teacher_logits` must have shape (batch, K) or (n, batch, K) matching the "
+            f"logits {tuple(logits.shape)}; got {tuple(teacher_logits.shape)}."
+        )
+    if gamma is None:
+        teacher = ops.log_softmax(teacher_logits / temperature, axis=-1)
+        power = 2.0 if temperature_power is None else temperature_power
+    else:
+        teacher = teachers.memory_replay_correction(one_hot, teacher_logits, temperature, gamma)
+        power = 1.0 if temperature_power is None else temperature_power
+    losses = _distillation(one_hot, logits, teacher, alpha, temperature, power)
+    return _checks.mark_invalid(losses, valid)
+
+
+def mrkd(
+    labels,
+    logits,
+    copy_logits,
+    alpha: float,
+    temperature: float,
+    gamma: Optional[float] = None,
+    temperature_power: Optional[float] = None,
+) -> "Tensor":  # noqa: F821
+    """MrKD (W 13, 14) and, with ``gamma``, MrKD-TC (W 16, 17): :func:`kd` from memory copies.
+
+    ``copy_logits`` has shape ``(n, batch, K)``: the logits of the ``n``
+    memory copies ``theta_1 .. theta_n`` on the same batch.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> z, copies = np.array([[2.0, 0.0]]), np.array([[[1.0, 0.0]], [[0.0, 0.0]]])
+        >>> round(float(losses.mrkd(np.array([0]), z, copies, alpha=0.1, temperature=3.0)[0]), 4)
+        0.1447
+    """
+    return kd(labels, logits, copy_logits, alpha, temperature, gamma, temperature_power)
+
+
+def pseudo_kd(labels, logits, alpha: float, beta: float) -> "Tensor":  # noqa: F821
+    """Pseudo-KD, instance-specific label smoothing (P 12, 13).
+
+    ``CE(phat, q(1)) + b * KL(P* || U)`` with ``P* = stop_gradient(softmax(z * a / b))``
+    and ``phat = (1-a) p + a P*``. ``P*`` is fixed within the step (P,
+    Algorithm 1), so the ``b KL(P* || U)`` term adds to the value but not to
+    the gradient.
+
+    Args:
+        labels: integer ``(batch,)`` or one-hot ``(batch, K)`` labels.
+        logits: ``(batch, K)`` student logits.
+        alpha: smoothing weight ``a`` in ``[0, 1]``.
+        beta: ``b > 0``; ``b / a`` acts as a temperature on the student.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> z = np.array([[2.0, 0.0, 0.0]])
+        >>> round(float(losses.pseudo_kd(np.array([0]), z, alpha=0.2, beta=1.5)[0]), 4)
+        0.494
+    """
+    _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+    _checks.positive("beta", beta)
+    logits = _checks.as_float32(logits)
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    log_target = teachers.pseudo_kd_target(logits, alpha, beta)
+    smoothed = (1.0 - alpha) * one_hot + alpha * ops.exp(log_target)
+    log_uniform = teachers.uniform(one_hot)
+    losses = cross_entropy(smoothed, logits) + beta * kl_divergence(log_target, log_uniform)
+    return _checks.mark_invalid(losses, valid)
+
+
+# --------------------------------------------------------------------------
+# keras.losses.Loss classes. Keras's Loss.__call__ reduces the per-example
+# values (mean by default) and, under tf.distribute, divides by the number of
+# replicas so that the summed gradients are right.
+# --------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class LSRLoss(keras.losses.Loss):
+    """Label smoothing regularization (W 5, 6): ``CE((1-a) p + a u, softmax(z))``.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from keras_softkd.losses import LSRLoss
+        >>> loss = LSRLoss(alpha=0.1)
+        >>> round(float(loss(np.array([0, 1]), np.array([[2.0, 0.0], [0.0, 2.0]]))), 4)
+        0.2269
+    """
+
+    def __init__(self, alpha: float = 0.1, reduction="sum_over_batch_size", name="lsr", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+
+    def call(self, y_true, y_pred):
+        return lsr(y_true, y_pred, self.alpha)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class LsrKDLoss(keras.losses.Loss):
+    """LsrKD (W 10), or LsrKD-TC (W 12) when ``gamma`` is given.
+
+    ``(1-a) CE(p, q(1)) + a t KL(u || q(t))``, ``u`` uniform or, with
+    ``gamma``, ``q'_c = gamma``, ``q'_m = (1-gamma)/(K-1)``.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from keras_softkd.losses import LsrKDLoss
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> model.compile(optimizer="sgd", loss=LsrKDLoss(alpha=0.1, temperature=3.0))
+        >>> history = model.fit(np.zeros((8, 4)), np.zeros(8, "int32"), verbose=0)
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.1,
+        temperature: float = 3.0,
+        gamma: Optional[float] = None,
+        temperature_power: float = 1.0,
+        reduction="sum_over_batch_size",
+        name="lsrkd",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+        self.temperature = _checks.positive("temperature", temperature)
+        self.gamma = None if gamma is None else _checks.in_closed_range("gamma", gamma, 0.0, 1.0)
+        self.temperature_power = float(temperature_power)
+
+    def call(self, y_true, y_pred):
+        return lsrkd(
+            y_true, y_pred, self.alpha, self.temperature, self.gamma, self.temperature_power
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+            "gamma": self.gamma,
+            "temperature_power": self.temperature_power,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class KDLoss(keras.losses.Loss):
+    """Distillation from teacher logits (Hinton, W 4), with optional TC (W 16).
+
+    ``(1-a) CE(p, q(1)) + a t^power (1/n) sum_i KL(qT_i(t) || q(t))``.
+
+    The teacher logits travel in ``y_true`` as a dict, because a Keras loss
+    sees only ``(y_true, y_pred)``::
+
+        loss = KDLoss(alpha=0.9, temperature=4.0)
+        value = loss({"labels": y, "teacher_logits": teacher_logits}, student_logits)
+
+    ``teacher_logits`` is ``(batch, K)`` or ``(n, batch, K)`` (``n`` teachers,
+    averaged as in W 14). :class:`keras_softkd.MrKDModel` calls it with its
+    memory copies' logits.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.losses import KDLoss
+        >>> loss = KDLoss(alpha=0.5, temperature=2.0)
+        >>> y = {"labels": np.array([0]), "teacher_logits": np.array([[1.0, 0.0]])}
+        >>> round(float(loss(y, np.array([[2.0, 0.0]]))), 4)
+        0.1194
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.9,
+        temperature: float = 4.0,
+        gamma: Optional[float] = None,
+        temperature_power: Optional[float] = None,
+        reduction="sum_over_batch_size",
+        name="kd",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+        self.temperature = _checks.positive("temperature", temperature)
+        self.gamma = None if gamma is None else _checks.in_closed_range("gamma", gamma, 0.0, 1.0)
+        self.temperature_power = None if temperature_power is None else float(temperature_power)
+
+    def call(self, y_true, y_pred):
+        if not isinstance(y_true, dict) or set(y_true) != {"labels", "teacher_logits"}:
+            raise ValueError(
+                "KDLoss expects y_true = {'labels': ..., 'teacher_logits': ...}; got "
+                f"{type(y_true).__name__}."
+            )
+        return kd(
+            y_true["labels"],
+            y_pred,
+            y_true["teacher_logits"],
+            self.alpha,
+            self.temperature,
+            self.gamma,
+            self.temperature_power,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+            "gamma": self.gamma,
+            "temperature_power": self.temperature_power,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class PseudoKDLoss(keras.losses.Loss):
+    """Pseudo-KD (P 12, 13): ``CE((1-a) p + a P*, q(1)) + b KL(P* || U)``.
+
+    ``P* = stop_gradient(softmax(z * a / b))``, the student's own prediction
+    at temperature ``b / a``, fixed within the step.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.losses import PseudoKDLoss
+        >>> loss = PseudoKDLoss(alpha=0.2, beta=1.5)
+        >>> round(float(loss(np.array([0]), np.array([[2.0, 0.0, 0.0]]))), 4)
+        0.494
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.2,
+        beta: float = 1.5,
+        reduction="sum_over_batch_size",
+        name="pseudo_kd",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+        self.beta = _checks.positive("beta", beta)
+
+    def call(self, y_true, y_pred):
+        return pseudo_kd(y_true, y_pred, self.alpha, self.beta)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta}

@@ -1,0 +1,147 @@
+"""Teacher distributions of the papers, as log-probabilities.
+
+Every teacher is returned in log space, shape ``(batch, K)``: a teacher with a
+zero probability (teacher correction with ``gamma = 1``) holds ``-inf`` there,
+and :func:`keras_softkd.losses.kl_divergence` treats ``0 log 0`` as 0. Working
+in log space is what keeps saturated logits (``|z| ~ 1e4``) and float16 /
+bfloat16 inputs finite: nothing here takes ``log(softmax(.))`` or clips.
+
+* :func:`uniform` -- ``u_m = 1 / K`` (W 5).
+* :func:`teacher_correction` -- ``q'_c = gamma``, ``q'_m = (1-gamma)/(K-1)``
+  (W 11).
+* :func:`memory_replay_correction` -- a teacher's tempered softmax with the
+  true class set to ``gamma`` and the rest rescaled (W 16).
+* :func:`pseudo_kd_target` -- ``P* = softmax(z * alpha / beta)`` (P 10, 13),
+  with no gradient.
+
+All functions use ``keras.ops`` only and run on every Keras backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+from keras_softkd import _checks
+
+
+def uniform(one_hot_labels) -> "Tensor":  # noqa: F821
+    """Log-probabilities of the uniform teacher ``u``: ``log u_m = -log K``.
+
+    Args:
+        one_hot_labels: ``(batch, K)`` one-hot labels; only the shape is used.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import teachers
+        >>> np.exp(np.asarray(teachers.uniform(np.eye(4)[[0, 2]])))[0]
+        array([0.25, 0.25, 0.25, 0.25], dtype=float32)
+    """
+    one_hot_labels = ops.convert_to_tensor(one_hot_labels, "float32")
+    num_classes = ops.shape(one_hot_labels)[-1]
+    return ops.zeros_like(one_hot_labels) - math.log(num_classes)
+
+
+def teacher_correction(one_hot_labels, gamma: float) -> "Tensor":  # noqa: F821
+    """Log-probabilities of the corrected uniform teacher ``q'`` (W 11).
+
+    ``q'_m = gamma`` for the true class ``m = c``, ``(1 - gamma) / (K - 1)``
+    otherwise. ``gamma = 1/K`` gives back the uniform teacher.
+
+    Args:
+        one_hot_labels: ``(batch, K)`` one-hot labels (the true class ``c``).
+        gamma: probability of the true class, in ``[0, 1]``.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import teachers
+        >>> q = np.exp(np.asarray(teachers.teacher_correction(np.eye(3)[[1]], 0.5)))
+        >>> np.round(q, 3)
+        array([[0.25, 0.5 , 0.25]], dtype=float32)
+    """
+    _checks.in_closed_range("gamma", gamma, 0.0, 1.0)
+    one_hot_labels = ops.convert_to_tensor(one_hot_labels, "float32")
+    num_classes = one_hot_labels.shape[-1]
+    if num_classes is None or num_classes < 2:
+        raise ValueError(
+            f"Teacher correction needs at least 2 classes; got K={num_classes}."
+        )
+    log_true = _safe_log(gamma)
+    log_other = _safe_log((1.0 - gamma) / (num_classes - 1))
+    return ops.where(one_hot_labels > 0.5, log_true, log_other)
+
+
+def memory_replay_correction(
+    one_hot_labels, teacher_logits, temperature: float, gamma: float
+) -> "Tensor":  # noqa: F821
+    """Log-probabilities of a corrected memory-replay teacher ``qhat'(t)`` (W 16).
+
+    With ``qhat = softmax(teacher_logits / t)`` and true class ``c``::
+
+        qhat'_c = gamma
+        qhat'_m = (1 - gamma) * qhat_m / (1 - qhat_c)        for m != c
+
+    computed as ``log qhat'_m = log(1 - gamma) + s_m - logsumexp_{j != c}(s_j)``
+    with ``s = teacher_logits / t``: the normaliser ``1 - qhat_c`` never
+    appears, so a teacher certain of the true class (``qhat_c -> 1``) stays
+    finite.
+
+    Args:
+        one_hot_labels: ``(batch, K)`` one-hot labels.
+        teacher_logits: ``(batch, K)`` or ``(n, batch, K)`` logits of ``n``
+            teachers (memory copies); each is corrected on its own.
+        temperature: ``t > 0``.
+        gamma: probability given to the true class, in ``[0, 1]``.
+
+    Returns:
+        Log-probabilities with the shape of ``teacher_logits``, no gradient.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import teachers
+        >>> q = teachers.memory_replay_correction(
+        ...     np.eye(3)[[0]], np.array([[9.0, 1.0, 0.0]]), temperature=1.0, gamma=0.5)
+        >>> np.round(np.exp(np.asarray(q)), 3)
+        array([[0.5  , 0.366, 0.134]], dtype=float32)
+    """
+    _checks.positive("temperature", temperature)
+    _checks.in_closed_range("gamma", gamma, 0.0, 1.0)
+    one_hot_labels = ops.convert_to_tensor(one_hot_labels, "float32")
+    teacher_logits = ops.stop_gradient(_checks.as_float32(teacher_logits))
+    is_true = one_hot_labels > 0.5
+    if len(teacher_logits.shape) == 3:
+        is_true = ops.expand_dims(is_true, 0)
+    scaled = teacher_logits / temperature
+    log_rest = ops.logsumexp(ops.where(is_true, -math.inf, scaled), axis=-1, keepdims=True)
+    log_other = _safe_log(1.0 - gamma) + scaled - log_rest
+    return ops.where(is_true, _safe_log(gamma), log_other)
+
+
+def pseudo_kd_target(logits, alpha: float, beta: float) -> "Tensor":  # noqa: F821
+    """Log of Pseudo-KD's optimal smoothing distribution ``P*`` (P 10, 13).
+
+    ``P*_j = p_j^(alpha/beta) / sum_j' p_j'^(alpha/beta) = softmax(z * alpha / beta)``:
+    the student's own softmax at temperature ``beta / alpha``. It is held fixed
+    within a step (P, Algorithm 1), so no gradient flows through it.
+
+    Args:
+        logits: ``(batch, K)`` student logits.
+        alpha: smoothing coefficient in ``[0, 1]``.
+        beta: weight of ``KL(P* || U)``, ``> 0``.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import teachers
+        >>> p = np.exp(np.asarray(teachers.pseudo_kd_target(np.array([[2.0, 0.0]]), 0.5, 1.0)))
+        >>> np.round(p, 3)
+        array([[0.731, 0.269]], dtype=float32)
+    """
+    _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+    _checks.positive("beta", beta)
+    logits = ops.stop_gradient(_checks.as_float32(logits))
+    return ops.log_softmax(logits * (alpha / beta), axis=-1)
+
+
+def _safe_log(value: float) -> float:
+    return math.log(value) if value > 0 else -math.inf

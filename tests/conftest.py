@@ -1,0 +1,35 @@
+"""Test set-up: two logical CPU devices (for tf.distribute tests) and the real data path.
+
+The logical devices must be configured before TensorFlow initialises, so this
+runs at import time, before any test module imports keras.
+"""
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+if os.environ["KERAS_BACKEND"] == "tensorflow":
+    import tensorflow as tf
+
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
+DATA_ENV = "KERAS_SOFTKD_DATA_DIR"
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> pathlib.Path:
+    """The folder with the real CIFAR ``.npz`` files, or skip the test."""
+    path = os.environ.get(DATA_ENV)
+    if not path:
+        pytest.skip(f"{DATA_ENV} is not set: no real CIFAR files (.ci/run sets it)")
+    path = pathlib.Path(path)
+    if not (path / "cifar10_test.npz").exists():
+        pytest.skip(f"{DATA_ENV}={path} has no cifar10_test.npz")
+    return path
