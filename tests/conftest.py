@@ -33,3 +33,25 @@ def real_data_dir() -> pathlib.Path:
     if not (path / "cifar10_test.npz").exists():
         pytest.skip(f"{DATA_ENV}={path} has no cifar10_test.npz")
     return path
+
+
+_TWO_REPLICAS = []
+
+
+def two_replicas():
+    """The session's one MirroredStrategy over the two logical CPUs.
+
+    Several MirroredStrategy instances in one process reuse collective instance
+    keys and abort each other's all-reduces, so every test shares this one.
+    """
+    if not _TWO_REPLICAS:
+        import tensorflow as tf
+
+        _TWO_REPLICAS.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    return _TWO_REPLICAS[0]
+
+
+@pytest.fixture
+def mirrored_strategy():
+    """Fixture form of :func:`two_replicas`."""
+    return two_replicas()

@@ -1,0 +1,167 @@
+"""Memory-replay knowledge distillation (MrKD, MrKD-TC): W Algorithm 1 as a ``keras.Model``.
+
+The student learns from ``n`` copies of itself taken every ``kappa`` steps::
+
+    for t = 1 .. T:
+        if t % kappa == 0:
+            theta_i := theta_(i-1)  for i = n .. 2
+            theta_1 := theta
+        loss = (1-a) CE(p, q(1)) + a t^2 (1/n) sum_i KL(qhat_i(t) || q(t))     (W 13, 14)
+        theta := theta - lr * grad(loss)
+
+How the algorithm maps onto Keras:
+
+* The copies are non-trainable variables of :class:`MrKDModel`, one per
+  student variable (trainable weights **and** BatchNorm moving statistics),
+  created equal to the student's initial weights. They are part of the
+  model's weights, so checkpoints, ``BackupAndRestore`` and ``.keras`` files
+  carry them.
+* ``t`` is a step counter variable of the model (also checkpointed). The
+  refresh runs **inside** ``train_step``, before the forward pass, keyed on
+  that counter: it is exact with ``steps_per_execution > 1``, under XLA and
+  under ``tf.distribute``, and nobody can forget to add a callback. The copy
+  is a device-side ``assign`` inside a ``cond``: no host round trip, and no
+  work on the steps that do not refresh.
+* A copy's forward pass is ``model.stateless_call(copy weights, x,
+  training=False)``: the student's own layers run with the copy's weights, in
+  inference mode (BatchNorm uses the copy's moving statistics), without
+  gradients.
+* Under ``tf.distribute`` the refresh and the counter run once, in
+  cross-replica context, and write every replica's copy of the memory: all
+  replicas hold identical copies.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+from keras import ops
+
+from keras_softkd import _checks
+from keras_softkd._replicas import run_once_across_replicas
+from keras_softkd.distillation import Distiller
+
+MRKD_DEFAULTS = {"alpha": 0.1, "temperature": 3.0, "copies": 3}
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class MrKDModel(Distiller):
+    """Wraps a classifier for memory-replay self-distillation (W Algorithm 1).
+
+    Loss: ``(1-a) CE(p, q(1)) + a t^2 (1/n) sum_i KL(qhat_i(t) || q(t))``
+    (W 13, 14), or with ``gamma`` MrKD-TC: each copy's distribution corrected
+    to ``gamma`` on the true class (W 16) and the KL term scaled by ``t`` (W 17).
+
+    Args:
+        model: the student, a built ``keras.Model`` returning logits ``(batch, K)``.
+        copies: ``n >= 1`` memory copies.
+        interval: ``kappa >= 1``, steps between refreshes (the command line
+            takes epochs: ``round(kappa_epochs * steps_per_epoch)``).
+        alpha: weight of the KD term, in ``[0, 1]`` (paper: 0.25 on
+            CIFAR-100, 0.1 on CIFAR-10).
+        temperature: ``t > 0`` (paper: 3).
+        gamma: teacher correction in ``[0, 1]`` for MrKD-TC, or ``None``.
+        temperature_power: exponent of ``t`` (default: the paper's).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from keras_softkd import MrKDModel
+        >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> mrkd = MrKDModel(student, copies=2, interval=3, alpha=0.1, temperature=3.0)
+        >>> mrkd.compile(optimizer="sgd", metrics=["sparse_categorical_accuracy"])
+        >>> history = mrkd.fit(np.ones((32, 4)), np.zeros(32, "int32"), batch_size=4, verbose=0)
+        >>> int(mrkd.step.numpy())
+        8
+        >>> student.save("/tmp/student.keras")  # the trained student alone
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        copies: int = 3,
+        interval: int = 1,
+        alpha: float = 0.1,
+        temperature: float = 3.0,
+        gamma: Optional[float] = None,
+        temperature_power: Optional[float] = None,
+        **kwargs,
+    ):
+        super().__init__(model, alpha, temperature, gamma, temperature_power, **kwargs)
+        self.copies = _checks.positive_int("copies", copies)
+        self.interval = _checks.positive_int("interval", interval)
+        if not model.built:
+            raise ValueError(
+                "MrKDModel needs a built `model` (its weights are copied): give it an "
+                "Input, or call it once on a batch, before wrapping it."
+            )
+        self._sources = list(model.trainable_variables) + list(model.non_trainable_variables)
+        self._num_trainable = len(model.trainable_variables)
+        self.memory = [
+            [self._copy_of(variable, index, position) for position, variable in enumerate(self._sources)]
+            for index in range(1, self.copies + 1)
+        ]
+        self.step = self.add_weight(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            name="mrkd_step",
+            aggregation="only_first_replica",
+        )
+        self.built = True  # the student is built and the memory exists
+
+    def _copy_of(self, variable, index: int, position: int):
+        copy = self.add_weight(
+            shape=variable.shape,
+            dtype=variable.dtype,
+            initializer="zeros",
+            trainable=False,
+            name=f"memory{index}_{position}",
+            aggregation="only_first_replica",
+        )
+        copy.assign(variable)  # theta_i starts at the student's initial weights
+        return copy
+
+    # -- W Algorithm 1 -------------------------------------------------------
+
+    def refresh_due(self):
+        """Whether step ``t = step + 1`` refreshes the copies: ``t % kappa == 0``."""
+        return ops.equal(ops.mod(self.step + 1, self.interval), 0)
+
+    def _refresh(self):
+        for newer, older in zip(reversed(self.memory[:-1]), reversed(self.memory[1:])):
+            for source, target in zip(newer, older):  # theta_i := theta_(i-1), i = n .. 2
+                target.assign(source)
+        for source, target in zip(self._sources, self.memory[0]):  # theta_1 := theta
+            target.assign(source)
+
+    def _start_step(self):
+        """Refresh the copies if step ``t`` is due, then count the step."""
+        ops.cond(self.refresh_due(), self._refresh, lambda: None)
+        self.step.assign_add(1)
+
+    def train_step(self, data):
+        run_once_across_replicas(self._start_step)
+        return super().train_step(data)
+
+    def teacher_logits(self, inputs):
+        """Logits of the ``n`` copies, ``(n, batch, K)``, each in inference mode."""
+        outputs = []
+        for weights in self.memory:
+            logits, _ = self.model.stateless_call(
+                weights[: self._num_trainable], weights[self._num_trainable :], inputs, training=False
+            )
+            outputs.append(logits)
+        return ops.stack(outputs)
+
+    # -- saving ----------------------------------------------------------------
+
+    def get_config(self):
+        return {**super().get_config(), "copies": self.copies, "interval": self.interval}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)

@@ -1,0 +1,354 @@
+"""MrKDModel: the memory schedule against W Algorithm 1, in every setting Keras runs steps.
+
+The reference is Algorithm 1 written out literally (``algorithm_1_sources``):
+which past student weights each copy must hold after each step. The student's
+weights after every step come from a run with ``steps_per_execution=1`` where a
+batch callback sees every step.
+"""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import two_replicas
+from keras_softkd import KDModel, MrKDModel, losses
+
+BATCH = 4
+STEPS_PER_EPOCH = 4
+
+
+def algorithm_1_sources(steps: int, copies: int, interval: int) -> list[list[int]]:
+    """W Algorithm 1: after step t, copy i holds the student's weights after ``sources[t][i]`` updates.
+
+    ``for t = 1..T: if t % kappa == 0: theta_i := theta_(i-1) (i = n..2); theta_1 := theta``,
+    then the update of step t. Initially every copy holds theta_0.
+    """
+    memory = [0] * copies
+    history = [list(memory)]
+    for t in range(1, steps + 1):
+        if t % interval == 0:
+            memory = [t - 1] + memory[:-1]
+        history.append(list(memory))
+    return history
+
+
+def make_student(batchnorm: str = "plain") -> keras.Model:
+    keras.utils.set_random_seed(1)
+    layers = [keras.Input((5,)), keras.layers.Dense(6)]
+    if batchnorm != "none":
+        layers.append(
+            keras.layers.BatchNormalization(
+                momentum=0.5, epsilon=1e-5, synchronized=batchnorm == "synchronized"
+            )
+        )
+    layers += [keras.layers.ReLU(), keras.layers.Dense(3)]
+    return keras.Sequential(layers)
+
+
+def data(epochs: int = 1):
+    rng = np.random.RandomState(0)
+    n = BATCH * STEPS_PER_EPOCH
+    return rng.randn(n, 5).astype("float32") * 2 + 1, rng.randint(0, 3, n)
+
+
+class Recorder(keras.callbacks.Callback):
+    """Snapshots of the student and the copies at the end of each callback batch."""
+
+    def __init__(self, mrkd: MrKDModel):
+        super().__init__()
+        self.mrkd = mrkd
+        self.steps, self.student, self.memory = [], [], []
+
+    def on_train_begin(self, logs=None):
+        self._record()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._record()
+
+    def _record(self):
+        self.steps.append(int(self.mrkd.step.numpy()))
+        self.student.append([np.array(v.numpy()) for v in self.mrkd._sources])
+        self.memory.append([[np.array(v.numpy()) for v in copy] for copy in self.mrkd.memory])
+
+
+def train(copies, interval, epochs=3, strategy=None, batchnorm="plain", **compile_kwargs):
+    strategy = strategy or tf.distribute.get_strategy()
+    x, y = data()
+    with strategy.scope():
+        mrkd = MrKDModel(
+            make_student(batchnorm), copies=copies, interval=interval, alpha=0.5, temperature=2.0
+        )
+        mrkd.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), **compile_kwargs)
+    recorder = Recorder(mrkd)
+    mrkd.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=[recorder])
+    return mrkd, recorder
+
+
+_reference_runs = {}
+
+
+def reference(copies, interval):
+    """One-step-per-execution run: every step recorded."""
+    key = (copies, interval)
+    if key not in _reference_runs:
+        _reference_runs[key] = train(copies, interval)[1]
+    return _reference_runs[key]
+
+
+def assert_memory_matches_algorithm_1(recorder, ref, copies, interval, atol=1e-6):
+    sources = algorithm_1_sources(ref.steps[-1], copies, interval)
+    assert len(recorder.steps) >= 2
+    for step, memory in zip(recorder.steps, recorder.memory):
+        for i, copy in enumerate(memory):
+            expected = ref.student[sources[step][i]]
+            for got, want in zip(copy, expected):
+                np.testing.assert_allclose(got, want, atol=atol, err_msg=f"step {step} copy {i + 1}")
+
+
+def test_algorithm_1_reference_itself():
+    # n = 2, kappa = 3: refreshes before steps 3 and 6 take the weights after 2 and 5 updates.
+    history = algorithm_1_sources(7, 2, 3)
+    assert history[2] == [0, 0] and history[3] == [2, 0] and history[6] == [5, 2]
+
+
+@pytest.mark.parametrize("copies", [1, 2, 3])
+@pytest.mark.parametrize("interval", [1, 3, 7])
+def test_schedule_step_by_step(copies, interval):
+    ref = reference(copies, interval)
+    assert ref.steps == list(range(3 * STEPS_PER_EPOCH + 1))  # every step seen
+    assert_memory_matches_algorithm_1(ref, ref, copies, interval)
+    # The schedule is not trivially satisfied: with kappa <= steps the copies moved.
+    if interval <= 3 * STEPS_PER_EPOCH:
+        assert not np.allclose(ref.memory[-1][0][0], ref.memory[0][0][0])
+
+
+@pytest.mark.parametrize("copies,interval", [(2, 3), (3, 7), (1, 1)])
+def test_schedule_with_steps_per_execution(copies, interval):
+    # Refreshes at steps 3, 6, 9 (kappa = 3) and 7 (kappa = 7) fall inside blocks of 3 steps.
+    _, recorder = train(copies, interval, steps_per_execution=3)
+    assert recorder.steps == [0, 3, 4, 7, 8, 11, 12]  # block ends, clipped at epoch ends
+    assert_memory_matches_algorithm_1(recorder, reference(copies, interval), copies, interval)
+
+
+@pytest.mark.parametrize("copies,interval", [(2, 3), (3, 1)])
+def test_schedule_with_xla(copies, interval):
+    _, recorder = train(copies, interval, jit_compile=True)
+    assert_memory_matches_algorithm_1(
+        recorder, reference(copies, interval), copies, interval, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("copies,interval", [(2, 3)])
+def test_mirrored_two_replicas_equals_single_device(copies, interval):
+    # Synchronized BatchNorm makes the student's statistics those of the global batch, so the
+    # two-replica run must follow the single-device trajectory: loss scaling, gradients and
+    # refreshes included.
+    single, single_rec = train(copies, interval, batchnorm="synchronized")
+    mirrored, mirrored_rec = train(
+        copies, interval, strategy=two_replicas(), batchnorm="synchronized"
+    )
+    assert mirrored_rec.steps == single_rec.steps
+    for a, b in zip(single_rec.student[-1], mirrored_rec.student[-1]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_memory_matches_algorithm_1(mirrored_rec, single_rec, copies, interval, atol=1e-5)
+    x, y = data()
+    np.testing.assert_allclose(
+        single.evaluate(x, y, verbose=0), mirrored.evaluate(x, y, verbose=0), rtol=1e-5
+    )
+
+
+def test_mirrored_replicas_hold_identical_copies():
+    # Plain (per-replica) BatchNorm: the replicas' own statistics drift apart, the copies must not.
+    mrkd, _ = train(2, 3, strategy=two_replicas(), batchnorm="plain")
+    for copy in mrkd.memory:
+        for variable in copy:
+            replicas = [np.array(v) for v in variable.value.values] if hasattr(
+                variable.value, "values"
+            ) else None
+            assert replicas is not None and len(replicas) == 2
+            np.testing.assert_array_equal(replicas[0], replicas[1])
+
+
+def test_copies_hold_batchnorm_statistics_and_start_at_initial_weights():
+    student = make_student("plain")
+    initial = [np.array(v.numpy()) for v in student.weights]
+    mrkd = MrKDModel(student, copies=2, interval=2)
+    names = [v.name for v in mrkd._sources]
+    assert "moving_mean" in names and "moving_variance" in names
+    assert len(mrkd.memory[0]) == len(student.weights)
+    by_path = dict(zip([v.path for v in student.weights], initial))
+    assert len(by_path) == len(initial)
+    for copy in mrkd.memory:
+        for source, variable in zip(mrkd._sources, copy):
+            np.testing.assert_array_equal(variable.numpy(), by_path[source.path])
+    mrkd.compile(optimizer="sgd")
+    x, y = data()
+    mrkd.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)  # 4 steps, refresh at 2, 4
+    moving_mean = names.index("moving_mean")
+    assert not np.allclose(mrkd.memory[0][moving_mean].numpy(), 0.0)  # stats were copied
+
+
+def test_copies_run_in_inference_mode_without_gradient():
+    student = make_student("plain")
+    mrkd = MrKDModel(student, copies=3, interval=5)
+    x, _ = data()
+    teacher = mrkd.teacher_logits(x)
+    assert tuple(teacher.shape) == (3, len(x), 3)
+    for i in range(3):
+        np.testing.assert_allclose(teacher[i], student(x, training=False), atol=1e-6)
+    assert not np.allclose(teacher[0], student(x, training=True), atol=1e-3)
+    x_tensor = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_tensor)
+        out = mrkd.teacher_logits(x_tensor)
+    assert all(g is None for g in tape.gradient(out, mrkd.memory[0]))
+
+
+@pytest.mark.parametrize("gamma", [None, 0.25])
+def test_loss_is_the_mrkd_function_of_the_copies(gamma):
+    student = make_student("plain")
+    mrkd = MrKDModel(student, copies=2, interval=3, alpha=0.25, temperature=3.0, gamma=gamma)
+    mrkd.compile(optimizer="sgd")
+    x, y = data()
+    mrkd.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    expected = losses.mrkd(y, student(x, training=False), mrkd.teacher_logits(x), 0.25, 3.0, gamma)
+    np.testing.assert_allclose(
+        mrkd.evaluate(x, y, batch_size=len(x), verbose=0), np.mean(expected), rtol=1e-5
+    )
+
+
+def test_mixed_precision_fit():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mrkd, recorder = train(2, 3, epochs=1)
+        assert isinstance(mrkd.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert np.isfinite(recorder.student[-1][0]).all()
+        assert recorder.steps[-1] == STEPS_PER_EPOCH
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_save_student_and_wrapper(tmp_path):
+    mrkd, _ = train(2, 3, epochs=1)
+    x, _ = data()
+    mrkd.student.save(tmp_path / "student.keras")
+    restored = keras.models.load_model(tmp_path / "student.keras")
+    np.testing.assert_allclose(restored.predict(x, verbose=0), mrkd.predict(x, verbose=0), atol=1e-6)
+    mrkd.save(tmp_path / "mrkd.keras")
+    again = keras.models.load_model(tmp_path / "mrkd.keras")
+    assert isinstance(again, MrKDModel) and again.copies == 2 and again.interval == 3
+    assert int(again.step.numpy()) == STEPS_PER_EPOCH
+    for a, b in zip(mrkd.memory[1], again.memory[1]):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_kd_model_distils_from_a_frozen_teacher():
+    teacher = make_student("plain")
+    teacher_weights = [np.array(w) for w in teacher.get_weights()]
+    student = make_student("none")
+    kd_model = KDModel(student, teacher=teacher, alpha=0.9, temperature=4.0)
+    kd_model.compile(optimizer=keras.optimizers.SGD(0.1))
+    x, y = data()
+    kd_model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    for a, b in zip(teacher_weights, teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)  # never trained, BN statistics untouched
+    expected = losses.kd(y, student(x), teacher(x, training=False), 0.9, 4.0)
+    np.testing.assert_allclose(kd_model.evaluate(x, y, batch_size=len(x), verbose=0), np.mean(expected), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"copies": 0}, "copies"),
+        ({"copies": 1.5}, "copies"),
+        ({"interval": 0}, "interval"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"gamma": -0.1}, "gamma"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MrKDModel(make_student(), **kwargs)
+
+
+def test_unbuilt_model_and_compile_loss_are_refused():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    with pytest.raises(ValueError, match="built"):
+        MrKDModel(Net())
+    with pytest.raises(ValueError, match="loss"):
+        MrKDModel(make_student()).compile(optimizer="sgd", loss="mse")
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import keras, numpy as np, tensorflow as tf
+    from keras_softkd import MrKDModel
+    keras.utils.set_random_seed(3)
+    tf.config.experimental.enable_op_determinism()
+    backup, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    student = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6),
+                                keras.layers.BatchNormalization(), keras.layers.ReLU(),
+                                keras.layers.Dense(3)])
+    mrkd = MrKDModel(student, copies=2, interval=3, alpha=0.5, temperature=2.0)
+    mrkd.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    rng = np.random.RandomState(0)
+    x, y = rng.randn(16, 5).astype("float32"), rng.randint(0, 3, 16)
+
+    class Kill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(mrkd.step.numpy()) == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    mrkd.fit(x, y, batch_size=4, epochs=5, shuffle=False, verbose=0,
+             callbacks=[keras.callbacks.BackupAndRestore(backup), Kill()])
+    np.savez(out, step=int(mrkd.step.numpy()),
+             *[v.numpy() for v in student.weights + [w for c in mrkd.memory for w in c]])
+    """
+)
+
+
+def test_resume_after_killed_process_matches_uninterrupted_run(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+    def run(name, kill_at):
+        return subprocess.run(
+            [sys.executable, str(script), str(tmp_path / f"backup_{name}"), str(tmp_path / f"{name}.npz"), str(kill_at)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    full = run("full", -1)
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = run("resumed", 10)  # killed in epoch 3 (steps 9-12), after two backed-up epochs
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "resumed.npz").exists()
+    resumed = run("resumed", -1)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = np.load(tmp_path / "full.npz"), np.load(tmp_path / "resumed.npz")
+    assert int(a["step"]) == int(b["step"]) == 20
+    names = [k for k in a.files if k != "step"]
+    assert len(names) == 3 * 8  # student (2 Dense x 2 + BatchNorm x 4 variables) + 2 copies
+    for key in names:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
