@@ -79,6 +79,12 @@ class Distiller(keras.Model):
             )
         super().compile(optimizer=optimizer, **kwargs)
 
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model (Keras skips this for a custom ``compile``)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         targets = {"labels": y, "teacher_logits": ops.stop_gradient(self.teacher_logits(x))}
         loss = self.distillation_loss(targets, y_pred, sample_weight)
