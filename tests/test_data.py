@@ -585,3 +585,25 @@ def test_real_cifar10_test(real_data_dir):
     assert y.shape == (10000,) and y.dtype == np.int32
     np.testing.assert_array_equal(np.bincount(y, minlength=10), [1000] * 10)
     np.testing.assert_allclose(x.reshape(-1, 3).mean(0) / 255, CIFAR10_MEAN, atol=0.01)
+
+
+def test_train_epochs_resumed_at_an_epoch_sees_the_same_batches():
+    from keras_softkd.data import train_epochs
+
+    x = np.random.RandomState(0).randint(0, 256, (20, 32, 32, 3)).astype(np.uint8)
+    y = np.arange(20) % 10
+
+    def batches(first_epoch):
+        stream = train_epochs(
+            x, y, dataset="cifar10", batch_size=8, seed=3, first_epoch=first_epoch, epochs=3
+        )
+        return [(images.numpy(), labels.numpy()) for images, labels in stream]
+
+    full, resumed = batches(0), batches(2)
+    assert len(full) == 9 and len(resumed) == 3
+    for (xa, ya), (xb, yb) in zip(full[-3:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    # Epochs differ from each other, and each is a permutation of the data.
+    assert not np.array_equal(np.concatenate([b[1] for b in full[:3]]), np.concatenate([b[1] for b in full[3:6]]))
+    assert sorted(np.concatenate([b[1] for b in full[:3]]).tolist()) == sorted(y.tolist())

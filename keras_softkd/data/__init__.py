@@ -22,7 +22,13 @@ Example:
 """
 
 from keras_softkd.data.info import DATASETS, DatasetInfo
-from keras_softkd.data.pipeline import augment_batch, eval_dataset, normalize, train_dataset
+from keras_softkd.data.pipeline import (
+    augment_batch,
+    eval_dataset,
+    normalize,
+    train_dataset,
+    train_epochs,
+)
 from keras_softkd.data.sources import SPLITS, load
 from keras_softkd.data.splits import split_validation, take_subset
 
@@ -37,4 +43,5 @@ __all__ = [
     "split_validation",
     "take_subset",
     "train_dataset",
+    "train_epochs",
 ]

@@ -117,6 +117,61 @@ def train_dataset(
     return batches.prefetch(_AUTOTUNE)
 
 
+def train_epochs(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    dataset: str,
+    batch_size: int,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+    augment: bool = True,
+) -> tf.data.Dataset:
+    """Epochs ``first_epoch .. epochs - 1`` of the training pipeline, one after another.
+
+    Like :func:`train_dataset` (full shuffle, per-example pad-crop-flip,
+    normalisation), but epoch ``e``'s order and augmentation are a pure
+    function of ``(seed, e)``: a run resumed at epoch ``e`` sees exactly the
+    batches an uninterrupted run sees. Use it with ``fit(...,
+    steps_per_epoch=ceil(N / batch_size), initial_epoch=first_epoch)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.data import train_epochs
+        >>> x = np.zeros((10, 32, 32, 3), np.uint8); y = np.arange(10)
+        >>> ds = train_epochs(x, y, dataset="cifar10", batch_size=4, seed=0, first_epoch=1, epochs=3)
+        >>> [int(labels.shape[0]) for _, labels in ds]
+        [4, 4, 2, 4, 4, 2]
+    """
+    images, labels = _checked_arrays(x, y, dataset)
+    _positive_int("batch_size", batch_size)
+    _seed_value(seed)
+    if not 0 <= first_epoch <= epochs:
+        raise ValueError(f"`first_epoch` must be in [0, epochs={epochs}]; got {first_epoch}.")
+    count = len(x)
+    key = int(np.random.SeedSequence([seed, 2]).generate_state(1, np.uint32)[0])
+
+    def one_epoch(epoch):
+        epoch_seed = tf.stack([tf.constant(key, tf.int64), epoch])
+        order = tf.argsort(tf.random.stateless_uniform([count], epoch_seed))
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        return batches.enumerate().map(
+            lambda step, index: (index, tf.stack([epoch * 1_000_003 + key, step]))
+        )
+
+    def make_batch(index, batch_seed):
+        batch = tf.gather(images, index)
+        if augment:
+            batch = augment_batch(batch, batch_seed)
+        return normalize(batch, dataset), tf.gather(labels, index)
+
+    indices = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
+    return indices.map(make_batch, num_parallel_calls=_AUTOTUNE, deterministic=True).prefetch(
+        _AUTOTUNE
+    )
+
+
 def eval_dataset(x: np.ndarray, y: np.ndarray, *, dataset: str, batch_size: int
                  ) -> tf.data.Dataset:
     """The evaluation pipeline: batches in order, normalised, no augmentation.
