@@ -85,7 +85,10 @@ def memory_replay_correction(
     computed as ``log qhat'_m = log(1 - gamma) + s_m - logsumexp_{j != c}(s_j)``
     with ``s = teacher_logits / t``: the normaliser ``1 - qhat_c`` never
     appears, so a teacher certain of the true class (``qhat_c -> 1``) stays
-    finite.
+    finite. ``s_m - logsumexp_{j != c}(s_j)`` is a ``log_softmax`` over the
+    classes ``j != c``, which subtracts the maximum first: with saturated
+    logits (``|s| ~ 1e3``) a separate ``logsumexp`` would be rounded to the
+    float32 spacing at that magnitude (~1e-4) before the subtraction.
 
     Args:
         one_hot_labels: ``(batch, K)`` one-hot labels.
@@ -113,8 +116,8 @@ def memory_replay_correction(
     if len(teacher_logits.shape) == 3:
         is_true = ops.expand_dims(is_true, 0)
     scaled = teacher_logits / temperature
-    log_rest = ops.logsumexp(ops.where(is_true, -math.inf, scaled), axis=-1, keepdims=True)
-    log_other = _safe_log(1.0 - gamma) + scaled - log_rest
+    log_rest_softmax = ops.log_softmax(ops.where(is_true, -math.inf, scaled), axis=-1)
+    log_other = _safe_log(1.0 - gamma) + log_rest_softmax
     return ops.where(is_true, _safe_log(gamma), log_other)
 
 
