@@ -1,0 +1,200 @@
+"""Building pieces shared by the CIFAR networks: conv, BatchNorm, ReLU, the head.
+
+Everything here follows the PyTorch reference implementations, so that a run
+compares with the PyTorch literature:
+
+* **Convolutions** have no bias and are initialised He-normal with fan-out,
+  ``N(0, 2 / (k * k * out_channels))``, untruncated: what torchvision, the CIFAR
+  ResNet/WRN/ResNeXt reference code and ``kaiming_normal_(mode="fan_out")`` do.
+  Keras' ``"he_normal"`` is truncated and uses fan-in, so it is not used. For
+  a depthwise convolution PyTorch's fan-out is ``k * k * channels`` (its
+  weight has shape ``(channels, 1, k, k)``), while Keras would count ``k * k``;
+  the scale is divided by ``channels`` to give PyTorch's variance.
+* A **stride-2 convolution** pads ``k // 2`` zeros on every side and then runs
+  ``"valid"``, as PyTorch's ``padding=k // 2`` does. Keras' ``"same"`` would pad
+  only the bottom/right of an even-sized input and sample other pixels.
+* **BatchNorm** uses PyTorch's constants: ``momentum=0.9`` in Keras terms (0.1 in
+  PyTorch terms) and ``epsilon=1e-5``; gamma 1, beta 0.
+* The **classifier** is global average pooling and a Dense layer initialised as
+  PyTorch's ``nn.Linear`` default: kernel and bias uniform in
+  ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``. A final float32 ``linear`` activation
+  makes the logits float32 under a mixed-precision policy.
+* No kernel regularizers: weight decay belongs to the optimizer.
+
+Layers carry names (``stage2_unit1_conv1``) so that summaries and checkpoints
+read like the reference code. Everything is channels-last and uses only
+``keras.layers`` and ``keras.ops``, so it runs on every Keras backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+from keras import layers, ops
+
+DATA_FORMAT = "channels_last"
+INPUT_SHAPE = (32, 32, 3)
+BATCHNORM_MOMENTUM = 0.9
+BATCHNORM_EPSILON = 1e-5
+
+
+def he_normal_fan_out(scale: float = 2.0) -> keras.initializers.Initializer:
+    """``N(0, scale / fan_out)``, untruncated (PyTorch's ``kaiming_normal_``, fan-out)."""
+    return keras.initializers.VarianceScaling(
+        scale=scale, mode="fan_out", distribution="untruncated_normal"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """Conv / BatchNorm / ReLU / head factories with the reference constants.
+
+    One instance per network, so that options that apply to every layer of a
+    kind (``synchronized_batchnorm``) are given once.
+    """
+
+    synchronized_batchnorm: bool = False
+
+    def conv(self, x, filters: int, kernel_size: int, strides: int = 1, groups: int = 1,
+             name: str | None = None):
+        """A bias-free ``Conv2D`` padded like PyTorch's ``padding=kernel_size // 2``."""
+        x, padding = _pad_for_stride(x, kernel_size, strides, name)
+        return layers.Conv2D(
+            filters, kernel_size, strides=strides, padding=padding, groups=groups,
+            use_bias=False, kernel_initializer=he_normal_fan_out(),
+            data_format=DATA_FORMAT, name=name,
+        )(x)
+
+    def depthwise_conv(self, x, kernel_size: int, strides: int = 1, name: str | None = None):
+        """A bias-free ``DepthwiseConv2D`` with PyTorch's fan-out initialisation."""
+        channels = x.shape[-1]
+        x, padding = _pad_for_stride(x, kernel_size, strides, name)
+        return layers.DepthwiseConv2D(
+            kernel_size, strides=strides, padding=padding, use_bias=False,
+            depthwise_initializer=he_normal_fan_out(2.0 / channels),
+            data_format=DATA_FORMAT, name=name,
+        )(x)
+
+    def batch_norm(self, x, name: str | None = None):
+        """``BatchNormalization`` with PyTorch's momentum and epsilon."""
+        return layers.BatchNormalization(
+            axis=-1, momentum=BATCHNORM_MOMENTUM, epsilon=BATCHNORM_EPSILON,
+            synchronized=self.synchronized_batchnorm, name=name,
+        )(x)
+
+    def relu(self, x, name: str | None = None):
+        return layers.ReLU(name=name)(x)
+
+    def conv_bn(self, x, filters: int, kernel_size: int, strides: int = 1, groups: int = 1,
+                relu: bool = True, name: str = "conv"):
+        """conv -> BN [-> ReLU], the post-activation unit; layers ``{name}``, ``{name}_bn``."""
+        x = self.conv(x, filters, kernel_size, strides, groups, name=name)
+        x = self.batch_norm(x, name=f"{name}_bn")
+        return self.relu(x, name=f"{name}_relu") if relu else x
+
+    def bn_relu(self, x, name: str):
+        """BN -> ReLU, the pre-activation unit; layers ``{name}_bn``, ``{name}_relu``."""
+        return self.relu(self.batch_norm(x, name=f"{name}_bn"), name=f"{name}_relu")
+
+    def classifier(self, x, num_classes: int):
+        """Global average pooling, a PyTorch-initialised Dense, float32 logits."""
+        x = layers.GlobalAveragePooling2D(data_format=DATA_FORMAT, name="avg_pool")(x)
+        bound = 1.0 / math.sqrt(x.shape[-1])
+        x = layers.Dense(
+            num_classes,
+            # VarianceScaling(1/3, fan_in, uniform) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+            kernel_initializer=keras.initializers.VarianceScaling(
+                scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+            ),
+            bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+            name="fc",
+        )(x)
+        return layers.Activation("linear", dtype="float32", name="logits")(x)
+
+
+def cifar_input() -> keras.KerasTensor:
+    """``keras.Input((32, 32, 3))``, channels-last."""
+    return keras.Input(INPUT_SHAPE, name="image")
+
+
+def _pad_for_stride(x, kernel_size: int, strides: int, name: str | None):
+    """Explicit symmetric padding before a strided conv (PyTorch's alignment)."""
+    if strides == 1:
+        return x, "same"
+    if kernel_size // 2:
+        pad_name = f"{name}_pad" if name else None
+        x = layers.ZeroPadding2D(kernel_size // 2, data_format=DATA_FORMAT, name=pad_name)(x)
+    return x, "valid"
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class ZeroPadShortcut(layers.Layer):
+    """He et al. (2016) option-A shortcut: subsample by ``strides``, pad zero channels.
+
+    ``y = concat([x[:, ::s, ::s, :], zeros], axis=-1)`` with ``filters`` channels
+    in all (the zeros appended, as in fb.resnet.torch's CIFAR shortcut type A).
+    Parameter-free.
+    """
+
+    def __init__(self, filters: int, strides: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.strides = int(strides)
+
+    def call(self, inputs):
+        s = self.strides
+        x = inputs[:, ::s, ::s, :]
+        extra = self.filters - inputs.shape[-1]
+        return ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]]) if extra else x
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        if channels is not None and channels > self.filters:
+            raise ValueError(
+                f"ZeroPadShortcut pads channels: filters={self.filters} < {channels} inputs."
+            )
+        s = self.strides
+        down = lambda n: None if n is None else (n + s - 1) // s  # noqa: E731
+        return (batch, down(height), down(width), self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides}
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class ChannelSplit(layers.Layer):
+    """Splits the channels in two halves: ``(x[..., :c // 2], x[..., c // 2:])``."""
+
+    def call(self, inputs):
+        half = inputs.shape[-1] // 2
+        return inputs[..., :half], inputs[..., half:]
+
+    def compute_output_shape(self, input_shape):
+        half = input_shape[-1] // 2
+        return (*input_shape[:-1], half), (*input_shape[:-1], input_shape[-1] - half)
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class ChannelShuffle(layers.Layer):
+    """ShuffleNet's channel shuffle: channel ``i * (c // g) + j`` moves to ``j * g + i``.
+
+    The channels-last form of PyTorch's ``view(N, g, c // g, H, W).transpose(1, 2)``.
+    """
+
+    def __init__(self, groups: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+
+    def call(self, inputs):
+        _, height, width, channels = inputs.shape
+        x = ops.reshape(inputs, (-1, height, width, self.groups, channels // self.groups))
+        x = ops.transpose(x, (0, 1, 2, 4, 3))
+        return ops.reshape(x, (-1, height, width, channels))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups}
