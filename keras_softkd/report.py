@@ -1,0 +1,613 @@
+"""Many runs -> the papers' tables (mean ± std over seeds) and test-error curves.
+
+A run is an output directory of ``train.py`` holding ``results.json`` (the
+final metrics and the run's setting) and ``history.csv`` (Keras'
+``CSVLogger``: one row per epoch, ``val_*`` being the test set)::
+
+    python -m keras_softkd.report runs/ [more_runs/ ...] [--markdown out.md] [--plot curves.png]
+
+or from Python::
+
+    from keras_softkd import report
+    runs = report.collect(["runs/"])
+    print(report.table(runs, metric="test_error"))
+    report.plot_curves(runs, "curves.png")
+
+Decisions:
+
+* **Cells.** ``mean ± std (n)`` over seeds, ``std`` the sample standard
+  deviation (``ddof=1``), ``n`` the number of seeds; a single seed shows as
+  ``mean (1)``; a cell without runs is ``—``. Errors and ECE are shown in
+  percent with 2 decimals, NLL in nats with 3 decimals. A run whose metric is
+  ``null`` (e.g. ``test_top5_error`` with fewer than 5 classes) does not count.
+* **Columns** are methods in the papers' order, named as in the MrKD paper's
+  Table 1: ``Baseline`` (``ce``), ``LSR``, ``LsrKD``, ``LsrKD-TC``,
+  ``MrKD-n`` and ``MrKD-n-TC`` (``n`` = ``copies``, one column per ``n``,
+  ascending), ``Pseudo-KD``, ``KD``; any other method follows, by name.
+* **One setting per cell.** A cell averages seeds of *one* setting. Two runs
+  of a cell with the same seed, or differing in ``epochs`` or a
+  hyper-parameter the method uses (e.g. two ``gamma`` for ``mrkd_tc``, two
+  learning rates), raise ``ValueError`` naming both files, rather than
+  silently mixing a sweep into one mean: pass the directories of one setting,
+  or tabulate by the differing key (``table(runs, columns="gamma")``).
+  Hyper-parameters a method ignores (``gamma`` for ``ce``) are not compared.
+* **Incomplete runs** (``"completed": false``) are skipped and counted in
+  :attr:`Runs.skipped`; a malformed ``results.json`` raises ``ValueError``
+  naming the file.
+* **Curves.** A resumed run's ``history.csv`` may repeat epochs (``CSVLogger``
+  appends from the resumed epoch): the last row of each epoch wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import pathlib
+import re
+import sys
+import warnings
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from keras_softkd import _io
+
+__all__ = [
+    "Runs",
+    "collect",
+    "read_history",
+    "table",
+    "table_all",
+    "plot_curves",
+    "main",
+]
+
+PathLike = Union[str, os.PathLike]
+
+RESULTS_FILE = "results.json"
+HISTORY_FILE = "history.csv"
+
+METHOD_ORDER = ("ce", "lsr", "lsrkd", "lsrkd_tc", "mrkd", "mrkd_tc", "pseudo_kd", "kd")
+METHOD_LABELS = {
+    "ce": "Baseline",
+    "lsr": "LSR",
+    "lsrkd": "LsrKD",
+    "lsrkd_tc": "LsrKD-TC",
+    "pseudo_kd": "Pseudo-KD",
+    "kd": "KD",
+}
+_MEMORY_REPLAY = ("mrkd", "mrkd_tc")
+DATASET_ORDER = ("cifar10", "cifar100", "cinic10")
+
+# The distillation hyper-parameters each method reads; the others it ignores
+# (and a cell does not compare them). Training hyper-parameters (lr, ...)
+# always matter. An unknown method compares them all.
+_DISTILLATION_KEYS = ("alpha", "temperature", "gamma", "beta", "copies", "kappa")
+_METHOD_USES = {
+    "ce": (),
+    "lsr": ("alpha",),
+    "lsrkd": ("alpha", "temperature"),
+    "lsrkd_tc": ("alpha", "temperature", "gamma"),
+    "mrkd": ("alpha", "temperature", "copies", "kappa"),
+    "mrkd_tc": ("alpha", "temperature", "gamma", "copies", "kappa"),
+    "pseudo_kd": ("alpha", "beta"),
+    "kd": ("alpha", "temperature"),
+}
+
+# metric -> (title, scale, decimals)
+METRICS = {
+    "test_error": ("Top-1 test error (%)", 100.0, 2),
+    "test_top5_error": ("Top-5 test error (%)", 100.0, 2),
+    "test_nll": ("Test negative log-likelihood (nats)", 1.0, 3),
+    "test_ece": ("Test expected calibration error (%, 15 bins)", 100.0, 2),
+}
+TABLE_ALL_METRICS = ("test_error", "test_nll", "test_ece")
+
+MISSING = "—"
+
+_REQUIRED = {"method": str, "dataset": str, "model": str, "seed": int}
+
+_log = logging.getLogger(__name__)
+
+
+class Runs(list):
+    """The runs :func:`collect` found: a ``list`` of ``results.json`` dicts.
+
+    Each dict is the file's content plus ``"run_dir"``, the run's directory.
+
+    Attributes:
+        skipped: the ``results.json`` files skipped as incomplete
+            (``"completed": false``).
+    """
+
+    def __init__(self, runs: Iterable[dict] = (), skipped: Iterable[pathlib.Path] = ()):
+        super().__init__(runs)
+        self.skipped = list(skipped)
+
+
+# --------------------------------------------------------------------------
+# Collecting runs
+# --------------------------------------------------------------------------
+
+
+def collect(paths: Sequence[PathLike]) -> Runs:
+    """Loads every completed run's ``results.json`` under ``paths``.
+
+    Args:
+        paths: run directories, directories of runs (searched recursively), or
+            ``results.json`` files.
+
+    Returns:
+        A :class:`Runs` list of dicts, sorted by file path; ``.skipped`` lists
+        the incomplete runs left out.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: a ``results.json`` is not valid JSON, not an object, or
+            lacks ``completed``, ``method``, ``dataset``, ``model`` or ``seed``
+            (or has them of the wrong type); the message names the file.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: dict[pathlib.Path, None] = {}
+    for path in paths:
+        path = pathlib.Path(path)
+        if path.is_file():
+            found = [path]
+        elif path.is_dir():
+            found = sorted(path.rglob(RESULTS_FILE))
+        else:
+            raise FileNotFoundError(f"{path}: no such run directory or file.")
+        for file in found:
+            files.setdefault(file.resolve(), None)
+
+    runs, skipped = [], []
+    for file in sorted(files):
+        run = _load_results(file)
+        if run is None:
+            skipped.append(file)
+        else:
+            runs.append(run)
+    if skipped:
+        _log.info("Skipped %d incomplete run(s): %s", len(skipped), [str(f) for f in skipped])
+    return Runs(runs, skipped)
+
+
+def _load_results(file: pathlib.Path) -> Optional[dict]:
+    """The run's dict, or ``None`` for an incomplete run."""
+    try:
+        run = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file}: malformed {RESULTS_FILE}, not valid JSON: {error}") from None
+    if not isinstance(run, dict):
+        raise ValueError(
+            f"{file}: malformed {RESULTS_FILE}, expected a JSON object, got "
+            f"{type(run).__name__}."
+        )
+    if not isinstance(run.get("completed"), bool):
+        raise ValueError(
+            f"{file}: malformed {RESULTS_FILE}, `completed` must be true or false; got "
+            f"{run.get('completed', '<missing>')!r}."
+        )
+    if not run["completed"]:
+        return None
+    for key, kind in _REQUIRED.items():
+        value = run.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(
+                f"{file}: malformed {RESULTS_FILE}, `{key}` must be a {kind.__name__}; got "
+                f"{value if key in run else '<missing>'!r}."
+            )
+    hyperparameters = run.get("hyperparameters")
+    if hyperparameters is None:
+        run["hyperparameters"] = {}
+    elif not isinstance(hyperparameters, dict):
+        raise ValueError(
+            f"{file}: malformed {RESULTS_FILE}, `hyperparameters` must be an object; got "
+            f"{hyperparameters!r}."
+        )
+    run["run_dir"] = str(file.parent)
+    return run
+
+
+def read_history(run_dir: PathLike) -> dict[str, np.ndarray]:
+    """A run's ``history.csv`` as ``{column: float array}``, one entry per epoch.
+
+    Rows are sorted by ``epoch`` (0-based, as Keras writes it); a repeated
+    epoch (a resumed run) keeps its last row. Empty cells are NaN.
+
+    Raises:
+        FileNotFoundError: no ``history.csv`` in ``run_dir``.
+        ValueError: the file has no rows, no ``epoch`` column, or a value that
+            is not a number; the message names the file.
+    """
+    file = pathlib.Path(run_dir) / HISTORY_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file (every completed run writes one).")
+    with open(file, newline="") as stream:
+        reader = csv.DictReader(stream)
+        rows = list(reader)
+        columns = list(reader.fieldnames or ())
+    if "epoch" not in columns or not rows:
+        raise ValueError(f"{file}: malformed {HISTORY_FILE}, needs an `epoch` column and rows.")
+    by_epoch: dict[int, dict[str, str]] = {}
+    try:
+        for row in rows:
+            by_epoch[int(float(row["epoch"]))] = row
+        epochs = sorted(by_epoch)
+        return {
+            column: np.array(
+                [_to_float(by_epoch[epoch].get(column)) for epoch in epochs], dtype=np.float64
+            )
+            for column in columns
+        }
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{file}: malformed {HISTORY_FILE}: {error}") from None
+
+
+def _to_float(value: Optional[str]) -> float:
+    return math.nan if value is None or value.strip() == "" else float(value)
+
+
+# --------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------
+
+
+def table(
+    runs: Sequence[Mapping[str, Any]],
+    metric: str = "test_error",
+    group_by: Sequence[str] = ("dataset", "model"),
+    columns: str = "method",
+) -> str:
+    """A Markdown table of ``metric``: mean ± sample std over seeds, and ``n``.
+
+    Args:
+        runs: run dicts, as :func:`collect` returns them.
+        metric: a key of ``results.json``: ``test_error``, ``test_top5_error``,
+            ``test_ece`` (shown in %, 2 decimals), ``test_nll`` (3 decimals), or
+            any other numeric key (3 decimals).
+        group_by: the keys that make a row; a key is looked up in the run, then
+            in its ``hyperparameters``.
+        columns: the key that makes a column. ``"method"`` gives the papers'
+            columns (``Baseline``, ``LSR``, ..., ``MrKD-3``, ``MrKD-3-TC``, ...);
+            another key gives ``key=value`` columns, sorted by value.
+
+    Returns:
+        The table, rows sorted (datasets CIFAR-10, CIFAR-100, CINIC-10 first,
+        then names in natural order: ``resnet20 < resnet56 < resnet110``).
+
+    Raises:
+        ValueError: no runs; two runs of a cell share a seed or differ in their
+            setting (see the module docstring); a metric value is not a number.
+
+    Example:
+        >>> runs = [
+        ...     {"method": m, "dataset": "cifar10", "model": "resnet20", "seed": s,
+        ...      "test_error": e, "hyperparameters": {}}
+        ...     for m, s, e in [("ce", 0, 0.1), ("ce", 1, 0.12), ("lsr", 0, 0.09)]
+        ... ]
+        >>> print(table(runs))
+        | dataset | model    | Baseline         | LSR      |
+        | ------- | -------- | ---------------- | -------- |
+        | cifar10 | resnet20 | 11.00 ± 1.41 (2) | 9.00 (1) |
+    """
+    if not runs:
+        raise ValueError("`runs` is empty: no completed run to tabulate.")
+    group_by = (group_by,) if isinstance(group_by, str) else tuple(group_by)
+    cells: dict[tuple, dict[tuple, list[Mapping[str, Any]]]] = {}
+    column_labels: dict[tuple, str] = {}
+    for run in runs:
+        row = tuple(_field(run, key) for key in group_by)
+        column, label = _column(run, columns)
+        column_labels[column] = label
+        cells.setdefault(row, {}).setdefault(column, []).append(run)
+
+    exclude = set(group_by) | {columns}
+    ordered_columns = sorted(column_labels)
+    header = [*group_by, *(column_labels[c] for c in ordered_columns)]
+    body = []
+    for row in sorted(cells, key=lambda r: tuple(_sort_key(k, v) for k, v in zip(group_by, r))):
+        line = [_display(value) for value in row]
+        for column in ordered_columns:
+            cell_runs = cells[row].get(column, [])
+            _check_one_setting(cell_runs, exclude, f"{_display_row(row)} / {column_labels[column]}")
+            line.append(_format_cell(_metric_values(cell_runs, metric), metric))
+        body.append(line)
+    return _markdown([header, *body])
+
+
+def table_all(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The papers' three tables: top-1 test error, NLL and ECE, in Markdown.
+
+    Each under a ``###`` heading, followed by a note on the cells and, for a
+    :class:`Runs` from :func:`collect`, the number of incomplete runs skipped.
+    """
+    sections = [f"### {METRICS[m][0]}\n\n{table(runs, metric=m)}" for m in TABLE_ALL_METRICS]
+    note = (
+        "Cells: mean ± sample standard deviation (ddof=1) over seeds, (n) = number of "
+        f"seeds; {MISSING} = no run."
+    )
+    skipped = getattr(runs, "skipped", None)
+    if skipped:
+        note += f" {len(skipped)} incomplete run(s) skipped."
+    return "\n\n".join([*sections, note]) + "\n"
+
+
+def _field(run: Mapping[str, Any], key: str) -> Any:
+    if key in run:
+        return run[key]
+    return (run.get("hyperparameters") or {}).get(key)
+
+
+def _column(run: Mapping[str, Any], columns: str) -> tuple[tuple, str]:
+    """``(sort key, label)`` of the run's column."""
+    if columns != "method":
+        value = _field(run, columns)
+        return (_sort_key(columns, value),), f"{columns}={_display(value)}"
+    method = run["method"]
+    if method in METHOD_ORDER:
+        position = (0, METHOD_ORDER.index(method), "")
+    else:
+        position = (1, 0, method)
+    if method in _MEMORY_REPLAY:
+        copies = _field(run, "copies")
+        count = "" if copies is None else f"-{copies}"
+        label = f"MrKD{count}" + ("-TC" if method == "mrkd_tc" else "")
+        return (*position, _sort_key("copies", copies)), label
+    return (*position, (0, 0.0, ())), METHOD_LABELS.get(method, method)
+
+
+def _sort_key(key: str, value: Any) -> tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), ())
+    if key == "dataset" and value in DATASET_ORDER:
+        return (1, float(DATASET_ORDER.index(value)), ())
+    return (2, 0.0, _natural(_display(value)))
+
+
+def _natural(text: str) -> tuple:
+    """``resnet20 < resnet56 < resnet110``."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", text)
+        if part
+    )
+
+
+def _display(value: Any) -> str:
+    return MISSING if value is None else str(value)
+
+
+def _display_row(row: tuple) -> str:
+    return " / ".join(_display(v) for v in row)
+
+
+def _source(run: Mapping[str, Any]) -> str:
+    run_dir = run.get("run_dir")
+    return str(pathlib.Path(run_dir) / RESULTS_FILE) if run_dir else repr(run)[:200]
+
+
+def _setting(run: Mapping[str, Any], exclude: set) -> dict[str, Any]:
+    """What must agree between the seeds of a cell."""
+    used = _METHOD_USES.get(run.get("method"), _DISTILLATION_KEYS)
+    setting = {key: run.get(key) for key in ("method", "dataset", "model", "epochs")}
+    for key, value in (run.get("hyperparameters") or {}).items():
+        if key not in _DISTILLATION_KEYS or key in used:
+            setting[key] = value
+    return {key: value for key, value in setting.items() if key not in exclude}
+
+
+def _check_one_setting(cell_runs: Sequence[Mapping[str, Any]], exclude: set, where: str) -> None:
+    seeds: dict[Any, Mapping[str, Any]] = {}
+    for run in cell_runs:
+        seed = run.get("seed")
+        if seed in seeds:
+            raise ValueError(
+                f"Two runs of cell {where} have seed {seed}: {_source(seeds[seed])} and "
+                f"{_source(run)}. A cell averages distinct seeds of one setting: pass the run "
+                "directories of one sweep only."
+            )
+        seeds[seed] = run
+    if len(cell_runs) < 2:
+        return
+    first = cell_runs[0]
+    reference = _setting(first, exclude)
+    for run in cell_runs[1:]:
+        setting = _setting(run, exclude)
+        differ = sorted(
+            key
+            for key in set(reference) | set(setting)
+            if reference.get(key) != setting.get(key)
+        )
+        if differ:
+            details = ", ".join(
+                f"{key}={reference.get(key)!r} vs {setting.get(key)!r}" for key in differ
+            )
+            raise ValueError(
+                f"Runs of cell {where} differ in {details}: {_source(first)} and "
+                f"{_source(run)}. A cell averages seeds of one setting: pass the run "
+                f"directories of one setting, or tabulate by that key "
+                f"(table(runs, columns={differ[0]!r}))."
+            )
+
+
+def _metric_values(cell_runs: Sequence[Mapping[str, Any]], metric: str) -> list[float]:
+    values = []
+    for run in cell_runs:
+        value = run.get(metric)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{_source(run)}: `{metric}` must be a number; got {value!r}.")
+        values.append(float(value))
+    return values
+
+
+def _format_cell(values: list[float], metric: str) -> str:
+    if not values:
+        return MISSING
+    _, scale, decimals = METRICS.get(metric, (metric, 1.0, 3))
+    scaled = np.asarray(values, dtype=np.float64) * scale
+    mean = f"{np.mean(scaled):.{decimals}f}"
+    if len(values) == 1:
+        return f"{mean} (1)"
+    return f"{mean} ± {np.std(scaled, ddof=1):.{decimals}f} ({len(values)})"
+
+
+def _markdown(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [rows[0], ["-" * w for w in widths], *rows[1:]]
+    return "\n".join(
+        "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
+        for line in lines
+    )
+
+
+# --------------------------------------------------------------------------
+# Curves
+# --------------------------------------------------------------------------
+
+
+def plot_curves(
+    runs_dirs: Union[Sequence[PathLike], Sequence[Mapping[str, Any]]], path: PathLike
+) -> pathlib.Path:
+    """Plots test error per epoch, one line per method, to a PNG file.
+
+    Test error is ``1 - val_accuracy`` of each run's ``history.csv``, against
+    the 1-based epoch (Keras' 0-based ``epoch`` + 1: the error after that
+    many epochs). One
+    panel per (dataset, model); in it one line per column of :func:`table`
+    (``Baseline``, ``MrKD-3``, ...): the mean over seeds, shaded between the
+    seeds' min and max. Written atomically with matplotlib's Agg canvas (no
+    ``pyplot``, so the caller's backend is left alone).
+
+    Args:
+        runs_dirs: directories to :func:`collect` runs from, or the run dicts
+            :func:`collect` returned.
+        path: the ``.png`` file to write.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install keras-softkd[plots]``).
+        ValueError: no runs, or a ``history.csv`` without ``val_accuracy``.
+    """
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "plot_curves needs matplotlib: pip install 'keras-softkd[plots]'."
+        ) from error
+
+    runs = list(runs_dirs)
+    if not all(isinstance(run, Mapping) for run in runs):
+        runs = collect(runs)
+    if not runs:
+        raise ValueError("`runs_dirs` holds no completed run to plot.")
+
+    panels: dict[tuple, dict[tuple, tuple[str, list[np.ndarray]]]] = {}
+    for run in runs:
+        history = read_history(run["run_dir"])
+        if "val_accuracy" not in history:
+            raise ValueError(
+                f"{pathlib.Path(run['run_dir']) / HISTORY_FILE}: no `val_accuracy` column "
+                "(the test accuracy per epoch)."
+            )
+        column, label = _column(run, "method")
+        panel = (run["dataset"], run["model"])
+        curves = panels.setdefault(panel, {}).setdefault(column, (label, []))[1]
+        curves.append(np.stack([history["epoch"], 1.0 - history["val_accuracy"]]))
+
+    all_columns = sorted({column for panel in panels.values() for column in panel})
+    order = sorted(
+        panels, key=lambda p: (_sort_key("dataset", p[0]), _sort_key("model", p[1]))
+    )
+    across = min(len(order), 3)
+    down = math.ceil(len(order) / across)
+    figure = Figure(figsize=(5.0 * across, 3.6 * down), layout="constrained")
+    axes = figure.subplots(down, across, squeeze=False).ravel()
+    colours = [f"C{i % 10}" for i in range(len(all_columns))]
+    for ax, panel in zip(axes, order):
+        for column in sorted(panels[panel]):
+            label, curves = panels[panel][column]
+            epochs, mean, low, high = _aggregate(curves)
+            colour = colours[all_columns.index(column)]
+            ax.plot(epochs + 1, 100 * mean, color=colour, label=f"{label} (n={len(curves)})")
+            if len(curves) > 1:
+                ax.fill_between(epochs + 1, 100 * low, 100 * high, color=colour, alpha=0.2)
+        ax.set_title(f"{panel[0]} / {panel[1]}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("test error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in axes[len(order):]:
+        ax.set_visible(False)
+
+    path = pathlib.Path(path)
+    _io.write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    return path
+
+
+def _aggregate(curves: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """``(epochs, mean, min, max)`` over the seeds that reached each epoch."""
+    epochs = np.unique(np.concatenate([curve[0] for curve in curves]))
+    grid = np.full((len(curves), len(epochs)), np.nan)
+    for i, (curve_epochs, values) in enumerate(curves):
+        grid[i, np.searchsorted(epochs, curve_epochs)] = values
+    with warnings.catch_warnings():  # an epoch where every seed's value is NaN stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return epochs, np.nanmean(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m keras_softkd.report RUN_DIR [RUN_DIR ...] [--markdown F] [--plot F]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_softkd.report",
+        description=(
+            "Tabulate runs (directories with results.json and history.csv) as the papers "
+            "do: test error, NLL and ECE, mean ± std over seeds."
+        ),
+    )
+    parser.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, searched recursively"
+    )
+    parser.add_argument("--markdown", metavar="OUT.md", help="also write the tables here")
+    parser.add_argument("--plot", metavar="CURVES.png", help="plot test error per epoch here")
+    args = parser.parse_args(argv)
+    try:
+        runs = collect(args.run_dirs)
+        if runs.skipped:
+            print(f"Skipped {len(runs.skipped)} incomplete run(s):", file=sys.stderr)
+            for file in runs.skipped:
+                print(f"  {file}", file=sys.stderr)
+        if not runs:
+            raise ValueError(f"no completed run ({RESULTS_FILE}) under {args.run_dirs}")
+        text = table_all(runs)
+        print(text, end="")
+        if args.markdown:
+            _io.write_text_atomic(args.markdown, text)
+            print(f"Wrote {args.markdown}", file=sys.stderr)
+        if args.plot:
+            plot_curves(runs, args.plot)
+            print(f"Wrote {args.plot}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""keras_softkd.report on fake run directories: numbers, order, missing cells, errors, plot, CLI."""
+
+import csv
+import doctest
+import json
+import pathlib
+import re
+import zlib
+
+import numpy as np
+import pytest
+
+from keras_softkd import report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+HYPERPARAMETERS = {
+    "alpha": 0.1, "temperature": 3.0, "gamma": 0.25, "beta": None, "copies": 3, "kappa": 2.5,
+    "lr": 0.1, "lr_schedule": "cosine", "weight_decay": 0.0005, "batch_size": 128,
+    "train_examples": None,
+}
+
+
+def make_run(root, name, method="ce", seed=0, dataset="cifar100", model="resnet56",
+             epochs=4, completed=True, history=True, **overrides):
+    """A run directory like experiment.py writes; returns its results dict."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    rng = np.random.default_rng(zlib.crc32(f"{name}-{seed}".encode()))
+    hyperparameters = dict(HYPERPARAMETERS)
+    for key in list(overrides):
+        if key in hyperparameters:
+            hyperparameters[key] = overrides.pop(key)
+    results = {
+        "method": method, "dataset": dataset, "model": model, "seed": seed, "epochs": epochs,
+        "hyperparameters": hyperparameters,
+        "test_error": float(rng.uniform(0.05, 0.3)),
+        "test_top5_error": float(rng.uniform(0.0, 0.05)),
+        "test_nll": float(rng.uniform(0.2, 1.5)),
+        "test_ece": float(rng.uniform(0.0, 0.1)),
+        "images_per_second": 640.0, "wall_seconds": 12.5, "completed": completed,
+        "versions": {"keras_softkd": "0.1.0", "keras": "3.15.1"},
+    }
+    results.update(overrides)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    if history:
+        with open(run_dir / "history.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", "accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"])
+            for epoch in range(epochs):
+                writer.writerow([epoch, 0.5, 0.1, 1.0, rng.uniform(0.5, 0.9), 1.0])
+    return results
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """2 methods x 3 seeds on CIFAR-100/ResNet-56, created out of display order,
+    ce only on CIFAR-10/ResNet-110 and ResNet-20, and one incomplete run."""
+    runs = {}
+    for seed in range(3):
+        runs["mrkd_tc", seed] = make_run(tmp_path / "a", f"mrkd_tc_{seed}", "mrkd_tc", seed)
+        runs["ce", seed] = make_run(tmp_path / "b", f"ce_{seed}", "ce", seed)
+    runs["ce10_110"] = make_run(tmp_path / "a", "c10_110", "ce", 0, "cifar10", "resnet110")
+    runs["ce10_20"] = make_run(tmp_path / "a", "c10_20", "ce", 0, "cifar10", "resnet20")
+    make_run(tmp_path / "b", "unfinished", "mrkd_tc", 5, completed=False, history=False,
+             test_error=None)
+    return tmp_path, runs
+
+
+def parse_table(text):
+    lines = [line for line in text.strip().splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    assert set("".join(rows[1])) <= {"-", " "}
+    return rows[0], rows[2:]
+
+
+def expected_cell(values, scale=100.0, decimals=2):
+    values = np.asarray(values) * scale
+    mean = f"{values.mean():.{decimals}f}"
+    if len(values) == 1:
+        return f"{mean} (1)"
+    return f"{mean} ± {values.std(ddof=1):.{decimals}f} ({len(values)})"
+
+
+# --------------------------------------------------------------------------
+# collect
+# --------------------------------------------------------------------------
+
+
+def test_collect_finds_runs_recursively_and_skips_incomplete(sweep):
+    root, _ = sweep
+    runs = report.collect([root])
+    assert len(runs) == 8
+    assert len(runs.skipped) == 1 and runs.skipped[0].parent.name == "unfinished"
+    assert all((pathlib.Path(r["run_dir"]) / "results.json").is_file() for r in runs)
+    # The same run reached twice (a parent and a child) counts once.
+    assert len(report.collect([root, root / "a", root / "a" / "c10_20" / "results.json"])) == 8
+
+
+def test_collect_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        report.collect([tmp_path / "nowhere"])
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ('{"method": "ce", "completed": tru', "not valid JSON"),
+        ("", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"method": "ce", "dataset": "cifar10", "model": "resnet20", "seed": 0}', "`completed`"),
+        ('{"method": "ce", "dataset": "cifar10", "model": "resnet20", "completed": true}', "`seed`"),
+        ('{"method": 3, "dataset": "c", "model": "m", "seed": 0, "completed": true}', "`method`"),
+    ],
+)
+def test_collect_malformed_results_name_the_file(tmp_path, content, match):
+    make_run(tmp_path, "good")
+    bad = tmp_path / "deep" / "bad_run" / "results.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(content)
+    with pytest.raises(ValueError, match=match) as info:
+        report.collect([tmp_path])
+    assert str(bad.resolve()) in str(info.value)
+
+
+# --------------------------------------------------------------------------
+# table
+# --------------------------------------------------------------------------
+
+
+def test_table_numbers_order_and_missing_cells(sweep):
+    root, made = sweep
+    header, rows = parse_table(report.table(report.collect([root])))
+    assert header == ["dataset", "model", "Baseline", "MrKD-3-TC"]
+    assert [row[:2] for row in rows] == [
+        ["cifar10", "resnet20"], ["cifar10", "resnet110"], ["cifar100", "resnet56"]
+    ]
+    ce = [made["ce", s]["test_error"] for s in range(3)]
+    mrkd_tc = [made["mrkd_tc", s]["test_error"] for s in range(3)]
+    assert rows[2][2:] == [expected_cell(ce), expected_cell(mrkd_tc)]
+    assert rows[0][2:] == [expected_cell([made["ce10_20"]["test_error"]]), report.MISSING]
+    assert rows[1][3] == report.MISSING
+
+
+@pytest.mark.parametrize("metric, scale, decimals", [
+    ("test_nll", 1.0, 3), ("test_ece", 100.0, 2), ("test_top5_error", 100.0, 2),
+])
+def test_table_other_metrics(sweep, metric, scale, decimals):
+    root, made = sweep
+    _, rows = parse_table(report.table(report.collect([root]), metric=metric))
+    values = [made["ce", s][metric] for s in range(3)]
+    assert rows[2][2] == expected_cell(values, scale, decimals)
+
+
+def test_table_column_labels_in_paper_order(tmp_path):
+    methods = [("kd", None), ("pseudo_kd", None), ("mrkd_tc", 3), ("mrkd", 3), ("mrkd", 1),
+               ("lsrkd_tc", None), ("lsrkd", None), ("lsr", None), ("ce", None),
+               ("my_new_method", None)]
+    for i, (method, copies) in enumerate(methods):
+        make_run(tmp_path, f"run{i}", method, copies=copies if copies else 3)
+    header, _ = parse_table(report.table(report.collect([tmp_path])))
+    assert header[2:] == ["Baseline", "LSR", "LsrKD", "LsrKD-TC", "MrKD-1", "MrKD-3",
+                          "MrKD-3-TC", "Pseudo-KD", "KD", "my_new_method"]
+
+
+def test_null_metric_does_not_count(tmp_path):
+    make_run(tmp_path, "k4_a", seed=0, test_top5_error=None, test_error=0.2)
+    make_run(tmp_path, "k4_b", seed=1, test_top5_error=None, test_error=0.4)
+    runs = report.collect([tmp_path])
+    assert parse_table(report.table(runs, "test_top5_error"))[1][0][2] == report.MISSING
+    assert parse_table(report.table(runs))[1][0][2] == expected_cell([0.2, 0.4])
+
+
+def test_same_seed_twice_in_a_cell_is_an_error(tmp_path):
+    make_run(tmp_path, "first", seed=1)
+    make_run(tmp_path, "again", seed=1)
+    with pytest.raises(ValueError, match="seed 1") as info:
+        report.table(report.collect([tmp_path]))
+    assert "first" in str(info.value) and "again" in str(info.value)
+
+
+def test_mixed_settings_in_a_cell_are_an_error_unless_tabulated_by_that_key(tmp_path):
+    for seed in range(2):
+        make_run(tmp_path, f"g025_{seed}", "mrkd_tc", seed, gamma=0.025)
+        make_run(tmp_path, f"g25_{seed}", "mrkd_tc", seed + 2, gamma=0.25)
+    runs = report.collect([tmp_path])
+    with pytest.raises(ValueError, match="gamma=0.025 vs 0.25"):
+        report.table(runs)
+    header, rows = parse_table(report.table(runs, columns="gamma"))
+    assert header[2:] == ["gamma=0.025", "gamma=0.25"]
+    assert rows[0][2].endswith("(2)") and rows[0][3].endswith("(2)")
+
+
+def test_hyperparameters_a_method_ignores_are_not_compared(tmp_path):
+    make_run(tmp_path, "ce0", "ce", 0, gamma=0.025, copies=1)
+    make_run(tmp_path, "ce1", "ce", 1, gamma=0.25, copies=5)
+    make_run(tmp_path, "ce2", "ce", 2, lr=0.05)
+    runs = report.collect([tmp_path])
+    with pytest.raises(ValueError, match="lr=0.1 vs 0.05"):
+        report.table(runs)
+    assert parse_table(report.table(runs[:2]))[1][0][2].endswith("(2)")
+
+
+def test_table_all_has_three_tables_and_the_skipped_count(sweep):
+    root, made = sweep
+    text = report.table_all(report.collect([root]))
+    assert [line for line in text.splitlines() if line.startswith("###")] == [
+        "### Top-1 test error (%)",
+        "### Test negative log-likelihood (nats)",
+        "### Test expected calibration error (%, 15 bins)",
+    ]
+    assert "1 incomplete run(s) skipped" in text
+    assert expected_cell([made["ce", s]["test_nll"] for s in range(3)], 1.0, 3) in text
+
+
+def test_empty_runs_is_an_error():
+    with pytest.raises(ValueError, match="`runs` is empty"):
+        report.table([])
+
+
+# --------------------------------------------------------------------------
+# history and plot
+# --------------------------------------------------------------------------
+
+
+def test_read_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
+    (tmp_path / "history.csv").write_text(
+        "epoch,loss,val_accuracy\n0,2.0,0.1\n1,1.5,0.2\n1,1.4,0.25\n2,1.0,\n"
+    )
+    history = report.read_history(tmp_path)
+    np.testing.assert_array_equal(history["epoch"], [0, 1, 2])
+    np.testing.assert_array_equal(history["loss"], [2.0, 1.4, 1.0])
+    assert history["val_accuracy"][1] == 0.25 and np.isnan(history["val_accuracy"][2])
+
+
+def test_read_history_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="history.csv"):
+        report.read_history(tmp_path)
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,oops\n")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "history.csv"))):
+        report.read_history(tmp_path)
+
+
+def test_plot_curves_writes_a_png(sweep):
+    root, _ = sweep
+    out = report.plot_curves([root], root / "plots" / "curves.png")
+    data = out.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    import matplotlib.image
+
+    image = matplotlib.image.imread(out)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert [p.name for p in out.parent.iterdir()] == ["curves.png"]  # no temporary left
+
+
+# --------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------
+
+
+def test_cli_prints_tables_and_writes_files(sweep, capsys):
+    root, made = sweep
+    markdown, plot = root / "out" / "tables.md", root / "out" / "curves.png"
+    assert report.main([str(root / "a"), str(root / "b"), "--markdown", str(markdown),
+                        "--plot", str(plot)]) == 0
+    out, err = capsys.readouterr()
+    assert "Skipped 1 incomplete run(s)" in err
+    assert out == markdown.read_text()
+    assert expected_cell([made["ce", s]["test_error"] for s in range(3)]) in out
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_cli_reports_a_malformed_file(tmp_path, capsys):
+    bad = tmp_path / "run" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text("{")
+    assert report.main([str(tmp_path)]) == 2
+    assert str(bad.resolve()) in capsys.readouterr().err
+
+
+def test_cli_with_no_completed_run(tmp_path, capsys):
+    make_run(tmp_path, "unfinished", completed=False)
+    assert report.main([str(tmp_path)]) == 2
+    assert "no completed run" in capsys.readouterr().err
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(report)
+    assert result.attempted > 0 and result.failed == 0
