@@ -29,6 +29,7 @@ setup(
         # tensorflow-datasets imports it on Python 3.11 without declaring it.
         "importlib_resources",
         "absl-py",
+        "tensorboard",
         "numpy",
     ],
     extras_require={

@@ -16,7 +16,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    # The temporary name ends with the full file name: Keras checks suffixes such
+    # as ".weights.h5" and ".keras".
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"-{path.name}")
     os.close(fd)
     try:
         write(tmp)

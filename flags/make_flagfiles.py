@@ -1,0 +1,84 @@
+"""Writes one absl flagfile per cell of the papers' tables (run from the repository root).
+
+    python flags/make_flagfiles.py
+
+W = "Extending Label Smoothing Regularization with Self-Knowledge Distillation"
+(Table 1: CIFAR-100; Table 2: CIFAR-10 and CINIC-10): 200 epochs, cosine to
+1e-4, batch 128, columns Baseline, LSR, LsrKD, LsrKD-TC, MrKD-1, MrKD-3,
+MrKD-3-TC. P = "Pseudo Knowledge Distillation" (Table 1, CIFAR-100 and
+CIFAR-10): 200 epochs, lr /5 at 60/120/160, batch 128 (64 for ResNeXt-29,
+ResNet-50, ResNet-101), columns Base, LS, KD-Shuffle, KD-29, Pseudo-KD; its
+Table 2 reports the same runs for MobileNetV2, ResNet-18 and ResNet-50.
+Hyper-parameters not written here are the papers' defaults (config.py).
+Output directories hold ``{seed}``, filled from --seed, so seeds never collide.
+"""
+
+import pathlib
+
+ROOT = pathlib.Path(__file__).parent
+
+W_COLUMNS = {
+    "ce": ["--method=ce"],
+    "lsr": ["--method=lsr"],
+    "lsrkd": ["--method=lsrkd"],
+    "lsrkd_tc": ["--method=lsrkd_tc"],
+    "mrkd1": ["--method=mrkd", "--copies=1"],
+    "mrkd3": ["--method=mrkd", "--copies=3"],
+    "mrkd3_tc": ["--method=mrkd_tc", "--copies=3"],
+}
+W_TABLES = {
+    ("w_table1", "cifar100"): [
+        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "preresnet110", "resnet164",
+        "preresnet164", "wrn40_4", "wrn16_8", "wrn28_10", "resnext29_8x64d",
+    ],
+    ("w_table2", "cifar10"): ["resnet20", "resnet32", "resnet56", "resnet164", "wrn16_8"],
+    ("w_table2", "cinic10"): ["resnet20", "resnet32", "resnet56", "resnet164", "wrn16_8"],
+}
+P_MODELS = ["shufflenetv2", "mobilenetv2", "resnet18", "resnext29_8x64d", "resnet50", "resnet101"]
+P_SMALL_BATCH = {"resnext29_8x64d", "resnet50", "resnet101"}
+
+
+def write(path: pathlib.Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    count = 0
+    for (table, dataset), models in W_TABLES.items():
+        for model in models:
+            for column, method_flags in W_COLUMNS.items():
+                write(ROOT / table / dataset / f"{model}_{column}.flags", [
+                    f"# {table.upper().replace('_', ' ')} ({dataset}), {model}, column {column}",
+                    f"--dataset={dataset}", f"--model={model}", *method_flags,
+                    "--epochs=200", "--batch_size=128", "--lr=0.1", "--lr_schedule=cosine",
+                    "--weight_decay=5e-4",
+                    f"--output_dir=runs/{table}/{dataset}/{model}/{column}/seed{{seed}}",
+                ])
+                count += 1
+    for dataset in ("cifar100", "cifar10"):
+        for model in P_MODELS:
+            batch = 64 if model in P_SMALL_BATCH else 128
+            columns = {
+                "ce": ["--method=ce"],
+                "lsr": ["--method=lsr"],
+                "kd_shufflenetv2": ["--method=kd",
+                                    f"--teacher=runs/p_table1/{dataset}/shufflenetv2/ce/seed0/model.keras"],
+                "kd_resnext29": ["--method=kd",
+                                 f"--teacher=runs/p_table1/{dataset}/resnext29_8x64d/ce/seed0/model.keras"],
+                "pseudo_kd": ["--method=pseudo_kd"],
+            }
+            for column, method_flags in columns.items():
+                write(ROOT / "p_table1" / dataset / f"{model}_{column}.flags", [
+                    f"# P TABLE 1 ({dataset}), {model}, column {column}",
+                    f"--dataset={dataset}", f"--model={model}", *method_flags,
+                    "--epochs=200", f"--batch_size={batch}", "--lr=0.1", "--lr_schedule=step",
+                    "--weight_decay=5e-4",
+                    f"--output_dir=runs/p_table1/{dataset}/{model}/{column}/seed{{seed}}",
+                ])
+                count += 1
+    print(f"wrote {count} flagfiles")
+
+
+if __name__ == "__main__":
+    main()

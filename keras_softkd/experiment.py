@@ -1,0 +1,317 @@
+"""One run of the papers' protocol: config -> data, model, method, optimizer -> fit -> results.
+
+The data's way through :func:`run`:
+
+1. ``config.resolved()``: the method's defaults filled in, every value checked.
+2. :func:`load_data`: train/test arrays (TFDS or local files), optional subset
+   and held-out validation split.
+3. :func:`build_trainer`: the network from the registry, wrapped or compiled
+   for the method (a loss for ce/lsr/lsrkd/pseudo_kd, :class:`MrKDModel` for
+   mrkd, :class:`KDModel` for kd), with :class:`PyTorchSGD` and the schedule.
+4. ``fit`` on :func:`keras_softkd.data.train_epochs` from the last checkpoint's
+   epoch, evaluating on the test (or validation) set after each epoch.
+5. The final student on the test set -> ``results.json`` (last epoch, as the
+   papers report), ``model.keras``; files written atomically.
+
+Output directory::
+
+    results.json        method, hyper-parameters, test_error/top5/nll/ece, speed, versions
+    history.csv         one row per epoch (Keras CSVLogger)
+    model.keras         the trained student
+    checkpoint/         weights + optimizer + MrKD memory, and the epoch reached
+    tensorboard/        TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import platform
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+from keras_softkd import __version__, data, distribute, losses, metrics, models
+from keras_softkd._io import write_atomic, write_json_atomic
+from keras_softkd.config import ExperimentConfig, UsageError
+from keras_softkd.distillation import KDModel
+from keras_softkd.memory_replay import MrKDModel
+from keras_softkd.optimizers import PyTorchSGD
+
+RESULTS = "results.json"
+
+
+def run(config: ExperimentConfig) -> dict:
+    """Trains and evaluates one configuration; returns the results written to ``results.json``.
+
+    Raises :class:`UsageError` (before any training) for bad values, missing
+    or corrupt data, a finished run in ``output_dir`` (unless ``overwrite``),
+    or an unusable teacher. A run started again with the same ``output_dir``
+    resumes from its last epoch checkpoint.
+    """
+    config = config.resolved()
+    output = pathlib.Path(config.output_dir)
+    _refuse_finished_run(output, config.overwrite)
+    strategy = _strategy(config)
+    is_chief = distribute.is_chief(strategy)
+    # Only the chief writes the run's files; other workers write where nobody looks.
+    files = output if is_chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_softkd_worker_"))
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+
+    (x_train, y_train), (x_eval, y_eval), (x_test, y_test) = load_data(config)
+    num_classes = data.DATASETS[config.dataset].num_classes
+    global_batch = config.batch_size
+    steps_per_epoch = math.ceil(len(x_train) / global_batch)
+    with strategy.scope():
+        trainer = build_trainer(config, num_classes, steps_per_epoch, strategy.num_replicas_in_sync)
+        distribute.prepare_model(trainer, strategy)
+    checkpoint = EpochCheckpoint(files / "checkpoint")
+    first_epoch = checkpoint.restore(trainer)
+
+    train = data.train_epochs(
+        x_train, y_train, dataset=config.dataset, batch_size=global_batch, seed=config.seed,
+        first_epoch=first_epoch, epochs=config.epochs,
+    )
+    evaluation = data.eval_dataset(x_eval, y_eval, dataset=config.dataset, batch_size=256)
+    speed = Throughput(images_per_epoch=len(x_train))
+    callbacks = [
+        speed,
+        keras.callbacks.CSVLogger(str(files / "history.csv"), append=first_epoch > 0),
+        keras.callbacks.TensorBoard(str(files / "tensorboard")),
+        checkpoint,  # last: the history row of an epoch is written before its checkpoint
+    ]
+    start = time.perf_counter()
+    if first_epoch < config.epochs:
+        trainer.fit(
+            train, epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
+            validation_data=evaluation, callbacks=callbacks, verbose=2,
+        )
+    student = trainer.student if isinstance(trainer, (MrKDModel, KDModel)) else trainer
+    test = data.eval_dataset(x_test, y_test, dataset=config.dataset, batch_size=256)
+    logits = student.predict(test, verbose=0)
+    results = {
+        "method": config.method,
+        "dataset": config.dataset,
+        "model": config.model,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "hyperparameters": config.hyperparameters(),
+        **metrics.evaluate_logits(y_test, logits),
+        "images_per_second": speed.images_per_second(),
+        "wall_seconds": time.perf_counter() - start + checkpoint.previous_wall_seconds(),
+        "train_examples_used": int(len(x_train)),
+        "replicas": strategy.num_replicas_in_sync,
+        "output_dir": str(output),
+        "completed": True,
+        "versions": versions(),
+    }
+    write_atomic(files / "model.keras", lambda tmp: student.save(tmp))
+    write_json_atomic(files / RESULTS, results)
+    return results
+
+
+# --------------------------------------------------------------------------
+# The boxes run() calls
+# --------------------------------------------------------------------------
+
+
+def load_data(config: ExperimentConfig):
+    """``(train, eval, test)`` arrays; ``eval`` is the held-out split or the test set."""
+    try:
+        x_train, y_train = data.load(config.dataset, "train", config.data_dir)
+        x_test, y_test = data.load(config.dataset, "test", config.data_dir)
+    except (ValueError, OSError) as error:
+        raise UsageError(f"--data_dir: {error}") from None
+    if config.train_examples is not None:
+        if config.train_examples > len(x_train):
+            raise UsageError(
+                f"--train_examples must be in [1, {len(x_train)}] for {config.dataset}; "
+                f"got {config.train_examples}."
+            )
+        x_train, y_train = data.take_subset(x_train, y_train, config.train_examples, config.seed)
+    if config.validation_fraction > 0:
+        (x_train, y_train), (x_eval, y_eval) = data.split_validation(
+            x_train, y_train, config.validation_fraction, config.seed
+        )
+    else:
+        x_eval, y_eval = x_test, y_test
+    return (x_train, y_train), (x_eval, y_eval), (x_test, y_test)
+
+
+def build_trainer(config: ExperimentConfig, num_classes: int, steps_per_epoch: int, replicas: int = 1):
+    """The compiled model that ``fit`` trains for ``config.method``."""
+    student = models.build(config.model, num_classes, synchronized_batchnorm=replicas > 1)
+    optimizer = PyTorchSGD(
+        learning_rate=learning_rate_schedule(config, steps_per_epoch),
+        momentum=config.momentum,
+        l2=config.weight_decay,
+    )
+    accuracy = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    method = config.method
+    if method in ("mrkd", "mrkd_tc"):
+        trainer = MrKDModel(
+            student, copies=config.copies, interval=config.interval_steps(steps_per_epoch),
+            alpha=config.alpha, temperature=config.temperature, gamma=config.gamma,
+        )
+    elif method == "kd":
+        trainer = KDModel(
+            student, teacher=load_teacher(config.teacher, num_classes),
+            alpha=config.alpha, temperature=config.temperature,
+        )
+    else:
+        trainer = student
+    loss = {
+        "ce": lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        "lsr": lambda: losses.LSRLoss(alpha=config.alpha),
+        "lsrkd": lambda: losses.LsrKDLoss(alpha=config.alpha, temperature=config.temperature),
+        "lsrkd_tc": lambda: losses.LsrKDLoss(
+            alpha=config.alpha, temperature=config.temperature, gamma=config.gamma
+        ),
+        "pseudo_kd": lambda: losses.PseudoKDLoss(alpha=config.alpha, beta=config.beta),
+    }.get(method)
+    compile_args = {"loss": loss()} if loss else {}
+    trainer.compile(optimizer=optimizer, metrics=accuracy, **compile_args)
+    return trainer
+
+
+def learning_rate_schedule(config: ExperimentConfig, steps_per_epoch: int):
+    """The papers' schedules, per step.
+
+    * ``cosine`` (MrKD paper): from ``lr`` to 1e-4 over the run.
+    * ``step`` (Pseudo-KD paper): ``lr`` divided by 5 at epochs 60, 120, 160
+      of 200 -- at 30%, 60% and 80% of the run for other lengths.
+    """
+    total = config.epochs * steps_per_epoch
+    if config.lr_schedule == "cosine":
+        floor = min(1e-4, config.lr)
+        return keras.optimizers.schedules.CosineDecay(config.lr, total, alpha=floor / config.lr)
+    boundaries = [round(fraction * config.epochs) * steps_per_epoch for fraction in (0.3, 0.6, 0.8)]
+    values = [config.lr / 5**k for k in range(4)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def load_teacher(path: str, num_classes: int) -> keras.Model:
+    """A trained ``.keras`` classifier with ``num_classes`` outputs, or :class:`UsageError`."""
+    try:
+        teacher = keras.models.load_model(path, compile=False)
+    except Exception as error:  # any unreadable file is a usage error here
+        raise UsageError(f"--teacher={path!r} is not a loadable .keras model: {error}") from None
+    if not isinstance(teacher, keras.Model) or teacher.output_shape[-1] != num_classes:
+        shape = getattr(teacher, "output_shape", None)
+        raise UsageError(
+            f"--teacher={path!r} must predict {num_classes} classes; its output shape is {shape}."
+        )
+    return teacher
+
+
+def versions() -> dict:
+    import tensorflow as tf
+
+    return {
+        "keras_softkd": __version__,
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _strategy(config: ExperimentConfig):
+    try:
+        return distribute.make_strategy(config.strategy)
+    except ValueError as error:
+        raise UsageError(f"--strategy={config.strategy}: {error}") from None
+
+
+def _refuse_finished_run(output: pathlib.Path, overwrite: bool) -> None:
+    results = output / RESULTS
+    if not results.exists():
+        return
+    if not overwrite:
+        raise UsageError(
+            f"--output_dir={str(output)!r} holds a finished run ({RESULTS}); choose another "
+            "--output_dir or pass --overwrite."
+        )
+    results.unlink()
+    for stale in ("checkpoint", "history.csv"):
+        path = output / stale
+        if path.is_dir():
+            for child in path.iterdir():
+                child.unlink()
+        elif path.exists():
+            path.unlink()
+
+
+# --------------------------------------------------------------------------
+# Callbacks
+# --------------------------------------------------------------------------
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves weights (model, optimizer, MrKD memory) and the epoch reached, atomically.
+
+    ``BackupAndRestore`` writes its files in place, so a run killed while it
+    saves loses its backup; here each file is written to a temporary name and
+    renamed, and the state file (written last) names the epoch the weights
+    belong to.
+    """
+
+    def __init__(self, directory: pathlib.Path):
+        super().__init__()
+        self.directory = pathlib.Path(directory)
+        self.weights = self.directory / "weights.weights.h5"
+        self.state = self.directory / "state.json"
+        self._wall_before = 0.0
+        self._started = time.perf_counter()
+
+    def restore(self, model: keras.Model) -> int:
+        """Loads the last checkpoint into ``model``; returns the epoch to start from."""
+        if not self.state.exists():
+            return 0
+        state = json.loads(self.state.read_text())
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(self.weights)
+        self._wall_before = float(state.get("wall_seconds", 0.0))
+        print(f"Resuming from {self.weights} at epoch {state['epoch']}.", flush=True)
+        return int(state["epoch"])
+
+    def previous_wall_seconds(self) -> float:
+        return self._wall_before
+
+    def on_epoch_end(self, epoch, logs=None):
+        write_atomic(self.weights, lambda tmp: self.model.save_weights(tmp))
+        wall = self._wall_before + time.perf_counter() - self._started
+        write_json_atomic(self.state, {"epoch": epoch + 1, "wall_seconds": wall})
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training images per second, per epoch, without the evaluation time."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.rates = []
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_test_begin(self, logs=None):
+        if self._start is not None:
+            self.rates.append(self.images_per_epoch / (time.perf_counter() - self._start))
+            self._start = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.on_test_begin()
+
+    def images_per_second(self) -> float | None:
+        """Median over epochs, leaving out the first (tracing) epoch when there are more."""
+        rates = self.rates[1:] if len(self.rates) > 1 else self.rates
+        return float(np.median(rates)) if rates else None
