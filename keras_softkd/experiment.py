@@ -29,14 +29,13 @@ import math
 import os
 import pathlib
 import platform
-import tempfile
 import time
 
 import keras
 import numpy as np
 
 from keras_softkd import __version__, data, distribute, losses, metrics, models
-from keras_softkd._io import write_atomic, write_json_atomic
+from keras_softkd._io import write_atomic, write_json_atomic, write_text_atomic
 from keras_softkd.config import ExperimentConfig, UsageError
 from keras_softkd.distillation import KDModel
 from keras_softkd.memory_replay import MrKDModel
@@ -57,9 +56,9 @@ def run(config: ExperimentConfig) -> dict:
     output = pathlib.Path(config.output_dir)
     _refuse_finished_run(output, config.overwrite)
     strategy = _strategy(config)
-    is_chief = distribute.is_chief(strategy)
-    # Only the chief writes the run's files; other workers write where nobody looks.
-    files = output if is_chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_softkd_worker_"))
+    # Only the chief writes the run's files; each other worker keeps its own stable
+    # folder (same after a restart, so its checkpoints resume too).
+    files = pathlib.Path(distribute.output_dir(str(output), strategy))
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
 
@@ -67,11 +66,12 @@ def run(config: ExperimentConfig) -> dict:
     num_classes = data.DATASETS[config.dataset].num_classes
     global_batch = config.batch_size
     steps_per_epoch = math.ceil(len(x_train) / global_batch)
+    checkpoint = EpochCheckpoint(files / "checkpoint")
     with strategy.scope():
         trainer = build_trainer(config, num_classes, steps_per_epoch, strategy.num_replicas_in_sync)
         distribute.prepare_model(trainer, strategy)
-    checkpoint = EpochCheckpoint(files / "checkpoint")
-    first_epoch = checkpoint.restore(trainer)
+        first_epoch = checkpoint.restore(trainer)
+    _drop_history_after(files / "history.csv", first_epoch)
 
     train = data.train_epochs(
         x_train, y_train, dataset=config.dataset, batch_size=global_batch, seed=config.seed,
@@ -122,6 +122,11 @@ def run(config: ExperimentConfig) -> dict:
 
 def load_data(config: ExperimentConfig):
     """``(train, eval, test)`` arrays; ``eval`` is the held-out split or the test set."""
+    if config.data_dir is not None and not os.path.exists(config.data_dir):
+        raise UsageError(
+            f"--data_dir={config.data_dir!r} does not exist (give a folder of local files, a "
+            "TFDS data_dir, or leave it unset to let TFDS download to its default place)."
+        )
     try:
         x_train, y_train = data.load(config.dataset, "train", config.data_dir)
         x_test, y_test = data.load(config.dataset, "test", config.data_dir)
@@ -190,7 +195,9 @@ def learning_rate_schedule(config: ExperimentConfig, steps_per_epoch: int):
     if config.lr_schedule == "cosine":
         floor = min(1e-4, config.lr)
         return keras.optimizers.schedules.CosineDecay(config.lr, total, alpha=floor / config.lr)
-    boundaries = [round(fraction * config.epochs) * steps_per_epoch for fraction in (0.3, 0.6, 0.8)]
+    # Keras keeps the old value while step <= boundary; PyTorch's MultiStepLR uses the
+    # new one from the first step of the milestone epoch.
+    boundaries = [round(f * config.epochs) * steps_per_epoch - 1 for f in (0.3, 0.6, 0.8)]
     values = [config.lr / 5**k for k in range(4)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
@@ -227,6 +234,15 @@ def _strategy(config: ExperimentConfig):
         return distribute.make_strategy(config.strategy)
     except ValueError as error:
         raise UsageError(f"--strategy={config.strategy}: {error}") from None
+
+
+def _drop_history_after(path: pathlib.Path, epoch: int) -> None:
+    """Keeps the history rows of the epochs the checkpoint holds (a kill can fall in between)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) < epoch]
+    write_text_atomic(path, "\n".join(kept) + "\n" if epoch > 0 else "")
 
 
 def _refuse_finished_run(output: pathlib.Path, overwrite: bool) -> None:

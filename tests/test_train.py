@@ -1,0 +1,212 @@
+"""train.py and experiment.run: flag errors, outputs, resume after a killed process."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from keras_softkd import experiment
+from keras_softkd.config import ExperimentConfig, UsageError, method_defaults
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "train.py")
+
+
+def write_tiny_cifar(folder: pathlib.Path, train: int = 64, test: int = 32) -> pathlib.Path:
+    rng = np.random.RandomState(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train), ("test", test)):
+        np.savez(
+            folder / f"cifar10_{split}.npz",
+            x=rng.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8),
+            y=np.arange(n) % 10,
+        )
+    return folder
+
+
+def run_train(*args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(
+        [sys.executable, TRAIN, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+# -- configuration errors (in process: fast) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides,flag",
+    [
+        ({"method": "mrkd2"}, "--method"),
+        ({"model": "resnet21"}, "--model"),
+        ({"dataset": "mnist"}, "--dataset"),
+        ({"method": "lsr", "copies": 3}, "--copies"),
+        ({"method": "lsr", "gamma": 0.2}, "--gamma"),
+        ({"method": "ce", "alpha": 0.1}, "--alpha"),
+        ({"method": "lsr", "alpha": 1.5}, "--alpha"),
+        ({"method": "lsrkd", "temperature": 0.0}, "--temperature"),
+        ({"method": "mrkd", "copies": 0}, "--copies"),
+        ({"method": "mrkd", "kappa": -1.0}, "--kappa"),
+        ({"method": "pseudo_kd", "beta": 0.0}, "--beta"),
+        ({"method": "kd"}, "--teacher"),
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": -2}, "--batch_size"),
+        ({"lr": 0.0}, "--lr"),
+        ({"train_examples": 0}, "--train_examples"),
+        ({"strategy": "tpu"}, "--strategy"),
+        ({"lr_schedule": "linear"}, "--lr_schedule"),
+    ],
+)
+def test_bad_configuration_names_the_flag(overrides, flag):
+    with pytest.raises(UsageError, match=flag.replace("-", r"\-")):
+        ExperimentConfig(**overrides).resolved()
+
+
+def test_defaults_follow_the_papers_per_dataset():
+    assert method_defaults("lsrkd_tc", "cifar100", 200)["gamma"] == 0.025
+    assert method_defaults("lsrkd_tc", "cifar10", 200)["gamma"] == 0.25
+    assert method_defaults("mrkd", "cifar100", 200) == {
+        "alpha": 0.25, "temperature": 3.0, "copies": 3, "kappa": 25.0
+    }
+    assert method_defaults("mrkd", "cinic10", 200)["alpha"] == 0.1
+    assert method_defaults("pseudo_kd", "cifar10", 200) == {"alpha": 0.2, "beta": 2.5}
+    config = ExperimentConfig(method="mrkd", epochs=16, kappa=10 / 391, seed=4,
+                              output_dir="runs/{method}/s{seed}").resolved()
+    assert config.interval_steps(391) == 10 and config.copies == 3
+    assert config.output_dir == "runs/mrkd/s4"
+    assert ExperimentConfig(method="mrkd", kappa=1e-6).resolved().interval_steps(391) == 1
+
+
+def test_missing_and_corrupt_data_files(tmp_path):
+    base = dict(method="ce", dataset="cifar10", epochs=1, output_dir=str(tmp_path / "out"))
+    with pytest.raises(UsageError, match="--data_dir"):
+        experiment.run(ExperimentConfig(data_dir=str(tmp_path / "nowhere"), **base))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "cifar10_train.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    (corrupt / "cifar10_test.npz").write_bytes(b"garbage")
+    with pytest.raises(UsageError, match="--data_dir"):
+        experiment.run(ExperimentConfig(data_dir=str(corrupt), **base))
+
+
+def test_teacher_must_be_a_model_with_the_datasets_classes(tmp_path):
+    import keras
+
+    not_a_model = tmp_path / "teacher.keras"
+    not_a_model.write_text("hello")
+    with pytest.raises(UsageError, match="--teacher"):
+        experiment.load_teacher(str(not_a_model), 10)
+    wrong = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    wrong.save(tmp_path / "seven.keras")
+    with pytest.raises(UsageError, match="10 classes"):
+        experiment.load_teacher(str(tmp_path / "seven.keras"), 10)
+
+
+def test_learning_rate_schedules_reach_the_papers_values():
+    cosine = experiment.learning_rate_schedule(ExperimentConfig(epochs=10, lr=0.1), 5)
+    assert float(cosine(0)) == pytest.approx(0.1)
+    assert float(cosine(50)) == pytest.approx(1e-4, rel=1e-3)
+    step = experiment.learning_rate_schedule(
+        ExperimentConfig(epochs=200, lr=0.1, lr_schedule="step"), 10
+    )
+    assert [float(step(s)) for s in (0, 599, 600, 1200, 1600, 1999)] == pytest.approx(
+        [0.1, 0.1, 0.02, 0.004, 0.0008, 0.0008]
+    )
+
+
+# -- the command line (subprocesses: real exits) ------------------------------------------
+
+
+def test_command_line_errors_are_one_line_without_traceback(tmp_path):
+    data_dir = write_tiny_cifar(tmp_path / "data")
+    for args, flag in [
+        (["--method=lsr", "--copies=2"], "--copies"),
+        (["--method=mrkd", f"--data_dir={tmp_path / 'nowhere'}"], "--data_dir"),
+        (["--method=kd", f"--teacher={tmp_path / 'none.keras'}", f"--data_dir={data_dir}"], "--teacher"),
+    ]:
+        result = run_train(*args, f"--output_dir={tmp_path / 'out'}")
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        error_lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: error")]
+        assert len(error_lines) == 1 and flag in error_lines[0], result.stderr[-2000:]
+    result = run_train("--method=nonsense")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "method" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """An uninterrupted 3-epoch MrKD run of ResNet-20 on 64 random images."""
+    root = tmp_path_factory.mktemp("train")
+    data_dir = write_tiny_cifar(root / "data")
+    args = [
+        "--method=mrkd", "--copies=2", "--kappa=1", "--model=resnet20", "--epochs=3",
+        "--batch_size=32", f"--data_dir={data_dir}", "--seed=1",
+    ]
+    full = run_train(*args, f"--output_dir={root / 'full'}")
+    assert full.returncode == 0, full.stderr[-3000:]
+    return root, args
+
+
+def test_outputs_of_a_run(tiny_run):
+    root, _ = tiny_run
+    out = root / "full"
+    results = json.loads((out / "results.json").read_text())
+    for key in ("test_error", "test_top5_error", "test_nll", "test_ece"):
+        assert 0.0 <= results[key] <= (1.0 if key != "test_nll" else 100.0)
+    assert results["method"] == "mrkd" and results["epochs"] == 3 and results["completed"]
+    assert results["hyperparameters"]["copies"] == 2 and results["hyperparameters"]["kappa"] == 1
+    assert results["images_per_second"] > 0 and results["versions"]["keras"]
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch") and len(history) == 4
+    assert (out / "model.keras").exists() and (out / "checkpoint" / "state.json").exists()
+    assert any((out / "tensorboard").rglob("*tfevents*"))
+    assert not list(out.glob(".tmp-*"))  # atomic writes leave no temporary files
+
+
+def test_finished_run_is_not_overwritten(tiny_run):
+    root, args = tiny_run
+    before = (root / "full" / "results.json").read_text()
+    result = run_train(*args, f"--output_dir={root / 'full'}")
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+    assert (root / "full" / "results.json").read_text() == before
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_run):
+    import keras
+
+    root, args = tiny_run
+    out = root / "resumed"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen(
+        [sys.executable, TRAIN, *args, f"--output_dir={out}"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "results.json").exists(), "the run finished before it could be killed"
+    resumed = run_train(*args, f"--output_dir={out}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+    full = json.loads((root / "full" / "results.json").read_text())
+    again = json.loads((out / "results.json").read_text())
+    for key in ("test_error", "test_nll", "test_ece"):
+        assert again[key] == pytest.approx(full[key], abs=1e-5)
+    a = keras.models.load_model(root / "full" / "model.keras")
+    b = keras.models.load_model(out / "model.keras")
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=1e-5)
+    rows = (out / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
