@@ -1,11 +1,34 @@
 """keras-softkd: teacher-free self-knowledge-distillation for Keras 3.
 
 Label smoothing (LSR), LsrKD and its teacher correction (TC), memory-replay
-KD (MrKD, MrKD-TC) and Pseudo-KD, as Keras losses and a Keras model wrapper.
+KD (MrKD, MrKD-TC) and Pseudo-KD, as Keras losses and Keras model wrappers.
+
+    losses       per-example loss functions and keras.losses.Loss classes
+    teachers     the papers' teacher distributions (uniform, TC, memory-replay TC, P*)
+    MrKDModel    memory-replay self-distillation around any Keras classifier
+    KDModel      distillation from a fixed pre-trained teacher
+    models       CIFAR networks: models.build("resnet56", num_classes=100)
+    metrics      top-k error, NLL, expected calibration error
+    optimizers   PyTorchSGD: SGD with weight decay as torch.optim.SGD applies it
+
+The tf.data input pipeline (``keras_softkd.data``), the experiment runner
+(``keras_softkd.experiment``) and the report (``keras_softkd.report``) are
+imported on their own.
 """
 
 __version__ = "0.1.0"
 
-from keras_softkd import losses, teachers  # noqa: E402,F401
+from keras_softkd import losses, metrics, models, optimizers, teachers  # noqa: E402,F401
 from keras_softkd.distillation import Distiller, KDModel  # noqa: E402,F401
 from keras_softkd.memory_replay import MrKDModel  # noqa: E402,F401
+
+__all__ = [
+    "Distiller",
+    "KDModel",
+    "MrKDModel",
+    "losses",
+    "metrics",
+    "models",
+    "optimizers",
+    "teachers",
+]
