@@ -55,6 +55,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from keras_softkd import _io
+from keras_softkd.config import METHOD_HYPERPARAMETERS, METHOD_PARAMETERS
 
 __all__ = [
     "Runs",
@@ -86,16 +87,9 @@ DATASET_ORDER = ("cifar10", "cifar100", "cinic10")
 # The distillation hyper-parameters each method reads; the others it ignores
 # (and a cell does not compare them). Training hyper-parameters (lr, ...)
 # always matter. An unknown method compares them all.
-_DISTILLATION_KEYS = ("alpha", "temperature", "gamma", "beta", "copies", "kappa")
+_DISTILLATION_KEYS = tuple(k for k in METHOD_HYPERPARAMETERS if k != "teacher")
 _METHOD_USES = {
-    "ce": (),
-    "lsr": ("alpha",),
-    "lsrkd": ("alpha", "temperature"),
-    "lsrkd_tc": ("alpha", "temperature", "gamma"),
-    "mrkd": ("alpha", "temperature", "copies", "kappa"),
-    "mrkd_tc": ("alpha", "temperature", "gamma", "copies", "kappa"),
-    "pseudo_kd": ("alpha", "beta"),
-    "kd": ("alpha", "temperature"),
+    method: tuple(k for k in params if k != "teacher") for method, params in METHOD_PARAMETERS.items()
 }
 
 # metric -> (title, scale, decimals)
