@@ -89,11 +89,17 @@ def run(config: ExperimentConfig) -> dict:
     if first_epoch < config.epochs:
         trainer.fit(
             train, epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
-            validation_data=evaluation, callbacks=callbacks, verbose=2,
+            validation_data=evaluation, callbacks=callbacks, verbose=2, shuffle=False,
         )
     student = trainer.student if isinstance(trainer, (MrKDModel, KDModel)) else trainer
     test = data.eval_dataset(x_test, y_test, dataset=config.dataset, batch_size=256)
     logits = student.predict(test, verbose=0)
+    diverged = not np.isfinite(logits).all()  # recorded, so a sweep does not rerun it forever
+    scores = (
+        dict.fromkeys(("test_error", "test_top5_error", "test_nll", "test_ece"))
+        if diverged
+        else metrics.evaluate_logits(y_test, logits)
+    )
     results = {
         "method": config.method,
         "dataset": config.dataset,
@@ -101,7 +107,8 @@ def run(config: ExperimentConfig) -> dict:
         "seed": config.seed,
         "epochs": config.epochs,
         "hyperparameters": config.hyperparameters(),
-        **metrics.evaluate_logits(y_test, logits),
+        **scores,
+        "diverged": diverged,
         "images_per_second": speed.images_per_second(),
         "wall_seconds": time.perf_counter() - start + checkpoint.previous_wall_seconds(),
         "train_examples_used": int(len(x_train)),
