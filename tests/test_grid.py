@@ -1,0 +1,224 @@
+"""keras_softkd.grid: column names, commands, skipping and resuming cells, one real tiny grid."""
+
+import json
+import pathlib
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_softkd import grid
+from keras_softkd.config import UsageError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "flags" / "quickstart.flags"
+
+
+def write_tiny_cifar(folder: pathlib.Path, train: int = 64, test: int = 32) -> pathlib.Path:
+    rng = np.random.RandomState(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train), ("test", test)):
+        np.savez(
+            folder / f"cifar10_{split}.npz",
+            x=rng.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8),
+            y=np.arange(n) % 10,
+        )
+    return folder
+
+
+def fake_finished_run(cell: grid.Cell, completed: bool = True, error: float = 0.5) -> None:
+    """What train.py leaves in a finished cell, with made-up numbers."""
+    cell.output_dir.mkdir(parents=True, exist_ok=True)
+    copies = next((int(f.split("=")[1]) for f in cell.column.flags if f.startswith("--copies=")), None)
+    results = {
+        "method": cell.column.method, "dataset": "cifar10", "model": cell.model,
+        "seed": cell.seed, "epochs": 2, "hyperparameters": {"copies": copies, "lr": 0.1},
+        "test_error": error, "test_nll": 1.5, "test_ece": 0.05, "completed": completed,
+    }
+    (cell.output_dir / "results.json").write_text(json.dumps(results))
+    (cell.output_dir / "history.csv").write_text(
+        "epoch,accuracy,loss,val_accuracy,val_loss\n0,0.3,2.0,0.4,1.9\n1,0.5,1.5,0.5,1.6\n"
+    )
+
+
+# -- naming and commands ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec,name,flags",
+    [
+        ("ce", "ce", ["--method=ce"]),
+        ("lsrkd_tc", "lsrkd_tc", ["--method=lsrkd_tc"]),
+        ("mrkd", "mrkd", ["--method=mrkd"]),
+        ("mrkd1", "mrkd1", ["--method=mrkd", "--copies=1"]),
+        ("mrkd3_tc", "mrkd3_tc", ["--method=mrkd_tc", "--copies=3"]),
+        ("mrkd:copies=1", "mrkd_copies1", ["--method=mrkd", "--copies=1"]),
+        ("lsr:alpha=0.2", "lsr_alpha0.2", ["--method=lsr", "--alpha=0.2"]),
+        ("mrkd3_tc:gamma=0.5:kappa=2", "mrkd3_tc_gamma0.5_kappa2",
+         ["--method=mrkd_tc", "--copies=3", "--gamma=0.5", "--kappa=2"]),
+        ("ce:lr=0.05", "ce_lr0.05", ["--method=ce", "--lr=0.05"]),
+    ],
+)
+def test_column_names_map_to_train_flags(spec, name, flags):
+    column = grid.parse_column(spec)
+    assert (column.name, list(column.flags)) == (name, flags)
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("mrkd0", "at least 1 copy"),
+        ("mrkd2x", "not a method"),
+        ("lsr:gamma=0.1", "does not apply"),
+        ("ce:alpha=0.1", "does not apply"),
+        ("mrkd3:copies=2", "twice"),
+        ("lsr:alpha", "key=value"),
+        ("lsr:seed=3", "not a per-column setting"),
+        ("lsr:colour=red", "not a per-column setting"),
+    ],
+)
+def test_bad_columns_are_refused_before_running(spec, message):
+    with pytest.raises(UsageError, match=message):
+        grid.parse_column(spec)
+
+
+def test_seeds_accept_lists_and_ranges():
+    assert grid.parse_seeds("0,1,2") == [0, 1, 2]
+    assert grid.parse_seeds("0-2, 5,1") == [0, 1, 2, 5]
+    for bad in ("", "a", "-1"):
+        with pytest.raises(UsageError, match="--seeds"):
+            grid.parse_seeds(bad)
+
+
+def test_dry_run_prints_every_command_seed_major(tmp_path, capsys):
+    root = tmp_path / "runs"
+    code = grid.main([
+        "--methods=ce,lsr,mrkd1,mrkd3_tc", "--models=resnet20,resnet32", "--seeds=0,1",
+        f"--output_root={root}", f"--flagfile={QUICKSTART}", "--epochs", "3",
+        "--train_examples=64", "--data_dir=/data", "--dry_run",
+    ])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    headers, commands = lines[0::2], [shlex.split(line) for line in lines[1::2]]
+    assert len(commands) == 4 * 2 * 2
+    assert headers[0] == "# resnet20 ce seed0: new"
+    assert headers[4] == "# resnet32 ce seed0: new" and headers[8] == "# resnet20 ce seed1: new"
+    first = commands[0]
+    assert first[:2] == [sys.executable, str(ROOT / "train.py")]
+    assert first[2:] == [
+        f"--flagfile={QUICKSTART}", "--epochs=3", "--train_examples=64", "--data_dir=/data",
+        "--method=ce", "--model=resnet20", "--seed=0",
+        f"--output_dir={root / 'resnet20' / 'ce' / 'seed0'}",
+    ]
+    assert commands[3][6:9] == ["--method=mrkd_tc", "--copies=3", "--model=resnet20"]
+    assert commands[-1][-1] == f"--output_dir={root / 'resnet32' / 'mrkd3_tc' / 'seed1'}"
+    assert not root.exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--methods=ce", "--model=resnet20"], "--models"),
+        (["--methods=ce", "--seed=1"], "--seeds"),
+        (["--methods=ce", "--output_dir=x"], "--output_root"),
+        (["--methods=ce", "--overwrite"], "delete"),
+        (["--methods=ce,lsr", "--alpha=0.1"], "does not apply to column ce"),
+        (["--methods=ce", "--models=resnet21"], "not a network"),
+        (["--methods=ce", "--flagfile=no/such.flags"], "no such file"),
+        (["--methods=ce,ce"], "distinct"),
+        (["--methods=ce", "stray"], "unexpected argument"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
+    assert grid.main([*args, f"--output_root={tmp_path}", "--dry_run"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+
+
+# -- skipping, resuming, conflicts -------------------------------------------------------------
+
+
+def test_completed_cells_are_skipped_and_the_rest_run(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    cells = grid.plan(["ce", "lsr", "mrkd1", "mrkd3_tc"], ["resnet20"], [0], root,
+                      train_args=["--epochs=2"])
+    done, resumable, broken, new = cells
+    fake_finished_run(done)
+    (resumable.output_dir / "checkpoint").mkdir(parents=True)
+    (resumable.output_dir / "checkpoint" / "state.json").write_text('{"epoch": 1}')
+    fake_finished_run(broken, completed=False)
+    assert [cell.state()[0] for cell in cells] == ["done", "resume", "broken", "new"]
+    assert resumable.state()[1] == "from epoch 1"
+
+    ran = []
+
+    def fake_run_cell(cell, stream, out):
+        ran.append(cell.column.name)
+        fake_finished_run(cell)
+        return 0
+
+    monkeypatch.setattr(grid, "_run_cell", fake_run_cell)
+    assert grid.run(cells, root) == 1  # the broken cell is reported, not overwritten
+    assert ran == ["lsr", "mrkd3_tc"]  # resumed and new; done and broken left alone
+    report = (root / "report.md").read_text()
+    assert "Baseline" in report and "LSR" in report and "MrKD-3-TC" in report
+    assert "MrKD-1" not in report and "1 incomplete run(s) skipped" in report
+    assert (root / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Everything done now: a second run starts no process and succeeds.
+    fake_finished_run(broken)
+    ran.clear()
+    assert grid.run(cells, root) == 0 and ran == []
+
+
+def test_a_cell_started_with_other_arguments_is_a_conflict(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    (cell,) = grid.plan(["ce"], ["resnet20"], [0], root, train_args=["--epochs=30"])
+    cell.output_dir.mkdir(parents=True)
+    (cell.output_dir / grid.CELL_FILE).write_text(json.dumps(cell.setting()))
+    (cell.output_dir / "checkpoint").mkdir()
+    (cell.output_dir / "checkpoint" / "state.json").write_text('{"epoch": 5}')
+    assert cell.state() == ("resume", "from epoch 5")
+    moved = grid.plan(["ce"], ["resnet20"], [0], root, train_args=["--epochs=30", "--data_dir=/x"])
+    assert moved[0].state()[0] == "resume"  # a moved data folder is the same experiment
+    (changed,) = grid.plan(["ce"], ["resnet20"], [0], root, train_args=["--epochs=20"])
+    state, detail = changed.state()
+    assert state == "conflict" and "--epochs=30" in detail and "--epochs=20" in detail
+    monkeypatch.setattr(grid, "_run_cell", lambda *a: pytest.fail("a conflicting cell ran"))
+    assert grid.run([changed], root, report=False) == 1
+
+
+# -- one real grid ------------------------------------------------------------------------------
+
+
+def test_real_tiny_grid_finishes_and_reports(tmp_path, monkeypatch, capsys):
+    data = write_tiny_cifar(tmp_path / "data")
+    root = tmp_path / "runs"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    args = [
+        "--methods=ce,lsr", "--models=resnet20", "--seeds=0", f"--output_root={root}",
+        "--epochs=1", "--train_examples=64", "--batch_size=32", f"--data_dir={data}",
+    ]
+    assert grid.main(args) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 cells: 0 already done, 2 run, 0 failed." in out
+    for column in ("ce", "lsr"):
+        run_dir = root / "resnet20" / column / "seed0"
+        results = json.loads((run_dir / "results.json").read_text())
+        assert results["completed"] and results["method"] == column and results["epochs"] == 1
+        log = (run_dir / "train.log").read_text()
+        assert log.startswith("=== ") and "test error" in log
+    report = (root / "report.md").read_text()
+    assert "| cifar10 | resnet20 | " in report and "Baseline" in report and "LSR" in report
+    assert (root / "curves.png").stat().st_size > 1000
+
+    # Run again: both cells are skipped, no process starts.
+    def no_process(*args, **kwargs):
+        raise AssertionError("a completed cell was run again")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    assert grid.main(args) == 0
+    assert "2 cells: 2 already done, 0 run, 0 failed." in capsys.readouterr().out
