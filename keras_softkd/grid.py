@@ -124,11 +124,12 @@ class Cell:
 
     def setting(self) -> dict:
         """What a restart must agree with (``grid_cell.json``)."""
-        args = [a for a in self.train_args if not a.startswith(tuple(f"{f}=" for f in _NOT_COMPARED))]
+        ignored = tuple(f"{flag}=" for flag in _NOT_COMPARED)
+        args = [arg for arg in self.train_args if not arg.startswith(ignored)]
         return {"train_args": args, "flagfile_sha256": self.flagfile_sha256}
 
     def state(self) -> tuple[str, str]:
-        """``(state, detail)``; state is ``done``, ``resume``, ``new``, ``conflict`` or ``broken``."""
+        """``(state, detail)``, state one of ``done resume new conflict broken``."""
         results = self.output_dir / RESULTS_FILE
         checkpoint = self.output_dir / "checkpoint" / "state.json"
         if results.exists() or checkpoint.exists():
@@ -179,8 +180,11 @@ def parse_column(spec: str) -> Column:
     """A ``--methods`` entry -> :class:`Column` (see the module docstring for the names).
 
     Example:
-        >>> parse_column("mrkd3_tc:gamma=0.5")
-        Column(name='mrkd3_tc_gamma0.5', method='mrkd_tc', flags=('--method=mrkd_tc', '--copies=3', '--gamma=0.5'))
+        >>> column = parse_column("mrkd3_tc:gamma=0.5")
+        >>> column.name, column.method
+        ('mrkd3_tc_gamma0.5', 'mrkd_tc')
+        >>> column.flags
+        ('--method=mrkd_tc', '--copies=3', '--gamma=0.5')
     """
     base, *settings = spec.strip().split(":")
     match = _MRKD_NAME.match(base)
@@ -267,7 +271,9 @@ def normalize_train_args(args: Sequence[str]) -> list[str]:
             i += 1
         name = _flag_name(arg)
         if name in _GRID_FLAGS:
-            raise UsageError(f"{arg}: the grid sets --{name} for each cell; use {_GRID_FLAGS[name]}.")
+            raise UsageError(
+                f"{arg}: the grid sets --{name} for each cell; use {_GRID_FLAGS[name]}."
+            )
         if name in ("overwrite", "nooverwrite"):
             raise UsageError(
                 f"{arg}: the grid never overwrites a finished run; delete the cell's folder (or "
@@ -364,7 +370,9 @@ def _check_models(names: Sequence[str]) -> None:
     valid = models.names()
     for name in names:
         if name not in valid:
-            raise UsageError(f"--models: {name!r} is not a network; choose from {', '.join(valid)}.")
+            raise UsageError(
+                f"--models: {name!r} is not a network; choose from {', '.join(valid)}."
+            )
 
 
 # --------------------------------------------------------------------------
@@ -413,8 +421,9 @@ def run(
             code = _run_cell(cell, stream, out)
             elapsed = time.perf_counter() - start
             counts["ran"] += 1
-            if code == 0 and cell.state()[0] == "done":
-                print(f"    {_headline(cell)} ({elapsed:.0f} s)", file=out, flush=True)
+            if cell.state()[0] == "done":  # results.json written: the run is complete
+                note = "" if code == 0 else f"; train.py then exited with {code}, see {LOG_FILE}"
+                print(f"    {_headline(cell)} ({elapsed:.0f} s{note})", file=out, flush=True)
             else:
                 counts["failed"] += 1
                 failed.append(f"{cell.output_dir}: train.py exited with {code}")
@@ -489,6 +498,8 @@ def _run_cell(cell: Cell, stream: bool, out) -> int:
 
 def _headline(cell: Cell) -> str:
     results = json.loads((cell.output_dir / RESULTS_FILE).read_text())
+    if results.get("diverged") or results.get("test_error") is None:
+        return "diverged: no finite test logits (recorded, not run again)"
     return (f"test error {100 * results['test_error']:.2f}% | NLL {results['test_nll']:.4f} | "
             f"ECE {100 * results['test_ece']:.2f}%")
 
@@ -527,7 +538,7 @@ def write_report(output_root, out=None) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m keras_softkd.grid --methods=... --models=... --seeds=... --output_root=DIR [train.py flags]``."""
+    """``python -m keras_softkd.grid --methods=.. --output_root=DIR [--models=..] [flags]``."""
     parser = argparse.ArgumentParser(
         prog="python -m keras_softkd.grid",
         description="Run methods x models x seeds as train.py subprocesses, one at a time, "
