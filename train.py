@@ -81,12 +81,15 @@ def main(argv):
     except UsageError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         sys.exit(2)
+    where = f"{results['output_dir']}/results.json"
+    if results["diverged"]:
+        print(f"the run diverged (non-finite logits); recorded in {where}")
+        return
     print(
         f"test error {100 * results['test_error']:.2f}% | NLL {results['test_nll']:.4f} | "
         f"ECE {100 * results['test_ece']:.2f}% | {results['images_per_second'] or 0:.0f} images/s | "
-        f"{results['output_dir']}/results.json"
+        f"{where}"
     )
-
 
 if __name__ == "__main__":
     app.run(main)
