@@ -41,6 +41,8 @@ setup(
             "matplotlib",
         ],
         "plots": ["matplotlib"],
+        # The JAX and PyTorch (CPU) backends, for tests/test_backends.py.
+        "backends": ["jax[cpu]", "torch==2.13.0"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -70,6 +70,8 @@ def cross_entropy(targets, logits) -> "Tensor":  # noqa: F821
         >>> round(float(losses.cross_entropy(np.array([[0.0, 1.0]]), np.zeros((1, 2)))[0]), 4)
         0.6931
     """
+    logits = ops.convert_to_tensor(logits)
+    targets = _same_dtype(targets, logits)
     return -ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1)
 
 
@@ -92,10 +94,22 @@ def kl_divergence(teacher_log_probs, student_log_probs) -> "Tensor":  # noqa: F8
         0.5108
     """
     teacher_log_probs = ops.convert_to_tensor(teacher_log_probs)
+    student_log_probs = _same_dtype(student_log_probs, teacher_log_probs)
     has_mass = teacher_log_probs > -float("inf")
     safe_log = ops.where(has_mass, teacher_log_probs, 0.0)
     terms = ops.exp(safe_log) * (safe_log - student_log_probs)
     return ops.sum(ops.where(has_mass, terms, 0.0), axis=-1)
+
+
+def _same_dtype(x, like):
+    """``x`` as a tensor of ``like``'s dtype.
+
+    NumPy arrays mixed with backend tensors are not promoted alike on every
+    backend (PyTorch refuses ``ndarray * Tensor``; TensorFlow converts to the
+    tensor's dtype), so convert explicitly, as TensorFlow does.
+    """
+    x = ops.convert_to_tensor(x)
+    return x if x.dtype == like.dtype else ops.cast(x, like.dtype)
 
 
 def _distillation(one_hot, logits, teacher_log_probs, alpha, temperature, power):

@@ -29,6 +29,12 @@ How the algorithm maps onto Keras:
 * Under ``tf.distribute`` the refresh and the counter run once, in
   cross-replica context, and write every replica's copy of the memory: all
   replicas hold identical copies.
+* On JAX, whose ``train_step(state, data)`` is stateless, the same refresh is
+  a function of the variables' values: the step returns the refreshed copies
+  and counter in its new state (``_memory_refresh_jax.py``). On PyTorch the
+  step is stateful, as on TensorFlow (``ops.cond`` is a Python ``if`` there);
+  with ``jit_compile=True`` the refresh runs outside the ``torch.compile``
+  graph.
 """
 
 from __future__ import annotations
@@ -43,6 +49,16 @@ from keras_softkd._replicas import run_once_across_replicas
 from keras_softkd.distillation import Distiller
 
 MRKD_DEFAULTS = {"alpha": 0.1, "temperature": 3.0, "copies": 3}
+
+
+def _counter_dtype() -> str:
+    """int64, or int32 on JAX without ``jax_enable_x64`` (which truncates int64 anyway)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return "int32"
+    return "int64"
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")
@@ -103,7 +119,7 @@ class MrKDModel(Distiller):
         ]
         self.step = self.add_weight(
             shape=(),
-            dtype="int64",
+            dtype=_counter_dtype(),
             initializer="zeros",
             trainable=False,
             name="mrkd_step",
@@ -120,7 +136,9 @@ class MrKDModel(Distiller):
             name=f"memory{index}_{position}",
             aggregation="only_first_replica",
         )
-        copy.assign(variable)  # theta_i starts at the student's initial weights
+        # theta_i starts at the student's initial weights. A copy of the value, not the value:
+        # on JAX assign() would share the student's buffer, which the jitted step donates.
+        copy.assign(ops.copy(variable))
         return copy
 
     # -- W Algorithm 1 -------------------------------------------------------
@@ -141,9 +159,30 @@ class MrKDModel(Distiller):
         ops.cond(self.refresh_due(), self._refresh, lambda: None)
         self.step.assign_add(1)
 
-    def train_step(self, data):
-        run_once_across_replicas(self._start_step)
-        return super().train_step(data)
+    def train_step(self, *args):
+        """Refresh the copies if step ``t`` is due and count it, then Keras's own step.
+
+        TensorFlow and PyTorch: ``train_step(data)`` is stateful and the
+        refresh assigns the variables. JAX: ``train_step(state, data)`` is
+        stateless, and the refresh returns new values of the copies and the
+        counter inside the state handed to the parent's step
+        (``keras_softkd/_memory_refresh_jax.py``).
+        """
+        if keras.backend.backend() == "jax":
+            from keras_softkd._memory_refresh_jax import refreshed_state
+
+            state, data = args
+            return super().train_step(refreshed_state(self, state), data)
+        if keras.backend.backend() == "torch":
+            # Outside any torch.compile graph (jit_compile=True): compiled, the shift of
+            # the copies read theta_1 after it was overwritten, and ops.cond recompiled
+            # the step on every call.
+            import torch
+
+            torch.compiler.disable(self._start_step)()
+        else:
+            run_once_across_replicas(self._start_step)
+        return super().train_step(*args)
 
     def teacher_logits(self, inputs):
         """Logits of the ``n`` copies, ``(n, batch, K)``, each in inference mode."""

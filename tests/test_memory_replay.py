@@ -4,8 +4,15 @@ The reference is Algorithm 1 written out literally (``algorithm_1_sources``):
 which past student weights each copy must hold after each step. The student's
 weights after every step come from a run with ``steps_per_execution=1`` where a
 batch callback sees every step.
+
+Runs on every Keras backend (``KERAS_BACKEND=tensorflow|jax|torch``). On JAX the
+step is stateless (the refresh returns new copies in the step's state) and
+compiled with XLA by default; on PyTorch it is stateful, like TensorFlow's.
+Tests of a backend-specific mechanism (``tf.distribute``, ``steps_per_execution``
+which PyTorch refuses) skip elsewhere with the reason.
 """
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -16,11 +23,12 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from conftest import two_replicas
 from keras_softkd import KDModel, MrKDModel, losses
 
+BACKEND = keras.backend.backend()
 BATCH = 4
 STEPS_PER_EPOCH = 4
 
@@ -53,6 +61,21 @@ def make_student(batchnorm: str = "plain") -> keras.Model:
     return keras.Sequential(layers)
 
 
+def tensorflow_only(reason):
+    return pytest.mark.skipif(BACKEND != "tensorflow", reason=f"{reason}: TensorFlow backend only")
+
+
+def to_numpy(x):
+    """A variable's or tensor's value as a NumPy array (PyTorch: detached)."""
+    return np.array(ops.convert_to_numpy(x))
+
+
+def sync(model):
+    """On JAX, ``fit`` keeps the variables' values in its state: write them back first."""
+    if BACKEND == "jax":
+        model.jax_state_sync()
+
+
 def data(epochs: int = 1):
     rng = np.random.RandomState(0)
     n = BATCH * STEPS_PER_EPOCH
@@ -74,15 +97,15 @@ class Recorder(keras.callbacks.Callback):
         self._record()
 
     def _record(self):
-        self.steps.append(int(self.mrkd.step.numpy()))
-        self.student.append([np.array(v.numpy()) for v in self.mrkd._sources])
-        self.memory.append([[np.array(v.numpy()) for v in copy] for copy in self.mrkd.memory])
+        sync(self.mrkd)
+        self.steps.append(int(to_numpy(self.mrkd.step)))
+        self.student.append([to_numpy(v) for v in self.mrkd._sources])
+        self.memory.append([[to_numpy(v) for v in copy] for copy in self.mrkd.memory])
 
 
 def train(copies, interval, epochs=3, strategy=None, batchnorm="plain", **compile_kwargs):
-    strategy = strategy or tf.distribute.get_strategy()
     x, y = data()
-    with strategy.scope():
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
         mrkd = MrKDModel(
             make_student(batchnorm), copies=copies, interval=interval, alpha=0.5, temperature=2.0
         )
@@ -130,6 +153,7 @@ def test_schedule_step_by_step(copies, interval):
         assert not np.allclose(ref.memory[-1][0][0], ref.memory[0][0][0])
 
 
+@pytest.mark.skipif(BACKEND == "torch", reason="PyTorch backend: steps_per_execution must be 1")
 @pytest.mark.parametrize("copies,interval", [(2, 3), (3, 7), (1, 1)])
 def test_schedule_with_steps_per_execution(copies, interval):
     # Refreshes at steps 3, 6, 9 (kappa = 3) and 7 (kappa = 7) fall inside blocks of 3 steps.
@@ -138,14 +162,35 @@ def test_schedule_with_steps_per_execution(copies, interval):
     assert_memory_matches_algorithm_1(recorder, reference(copies, interval), copies, interval)
 
 
+TORCH_COMPILE_ENV = "KERAS_SOFTKD_TORCH_COMPILE"
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch" and not os.environ.get(TORCH_COMPILE_ENV),
+    reason=f"PyTorch backend: jit_compile=True is torch.compile, which recompiles Keras's step "
+    f"8 times and takes about 2 minutes per run on a 2-core CPU; set {TORCH_COMPILE_ENV}=1",
+)
 @pytest.mark.parametrize("copies,interval", [(2, 3), (3, 1)])
 def test_schedule_with_xla(copies, interval):
-    _, recorder = train(copies, interval, jit_compile=True)
+    # TensorFlow: XLA. JAX: XLA, the default (the reference runs are jitted too).
+    # PyTorch: torch.compile (the refresh itself runs outside the compiled graph).
+    mrkd, recorder = train(copies, interval, jit_compile=True)
+    assert mrkd.jit_compile
     assert_memory_matches_algorithm_1(
         recorder, reference(copies, interval), copies, interval, atol=1e-5
     )
 
 
+@pytest.mark.parametrize("copies,interval", [(2, 3)])
+def test_schedule_run_eagerly(copies, interval):
+    # No tf.function / jax.jit: TensorFlow's eager assigns, JAX's lax.cond on concrete values.
+    _, recorder = train(copies, interval, epochs=2, run_eagerly=True)  # refreshes at 3 and 6
+    assert_memory_matches_algorithm_1(
+        recorder, reference(copies, interval), copies, interval, atol=1e-5
+    )
+
+
+@tensorflow_only("tf.distribute.MirroredStrategy")
 @pytest.mark.parametrize("copies,interval", [(2, 3)])
 def test_mirrored_two_replicas_equals_single_device(copies, interval):
     # Synchronized BatchNorm makes the student's statistics those of the global batch, so the
@@ -165,6 +210,7 @@ def test_mirrored_two_replicas_equals_single_device(copies, interval):
     )
 
 
+@tensorflow_only("tf.distribute.MirroredStrategy")
 def test_mirrored_replicas_hold_identical_copies():
     # Plain (per-replica) BatchNorm: the replicas' own statistics drift apart, the copies must not.
     mrkd, _ = train(2, 3, strategy=two_replicas(), batchnorm="plain")
@@ -188,28 +234,40 @@ def test_copies_hold_batchnorm_statistics_and_start_at_initial_weights():
     assert len(by_path) == len(initial)
     for copy in mrkd.memory:
         for source, variable in zip(mrkd._sources, copy):
-            np.testing.assert_array_equal(variable.numpy(), by_path[source.path])
+            np.testing.assert_array_equal(to_numpy(variable), by_path[source.path])
     mrkd.compile(optimizer="sgd")
     x, y = data()
     mrkd.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)  # 4 steps, refresh at 2, 4
     moving_mean = names.index("moving_mean")
-    assert not np.allclose(mrkd.memory[0][moving_mean].numpy(), 0.0)  # stats were copied
+    assert not np.allclose(to_numpy(mrkd.memory[0][moving_mean]), 0.0)  # stats were copied
+    # copy 1 holds the student after 3 updates (refresh before step 4), statistics included
+    student_after_3 = mrkd.memory[0][moving_mean]
+    assert not np.allclose(to_numpy(student_after_3), to_numpy(mrkd._sources[moving_mean]))
 
 
 def test_copies_run_in_inference_mode_without_gradient():
     student = make_student("plain")
     mrkd = MrKDModel(student, copies=3, interval=5)
     x, _ = data()
-    teacher = mrkd.teacher_logits(x)
+    teacher = to_numpy(mrkd.teacher_logits(x))
     assert tuple(teacher.shape) == (3, len(x), 3)
     for i in range(3):
-        np.testing.assert_allclose(teacher[i], student(x, training=False), atol=1e-6)
-    assert not np.allclose(teacher[0], student(x, training=True), atol=1e-3)
-    x_tensor = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x_tensor)
-        out = mrkd.teacher_logits(x_tensor)
-    assert all(g is None for g in tape.gradient(out, mrkd.memory[0]))
+        np.testing.assert_allclose(teacher[i], to_numpy(student(x, training=False)), atol=1e-6)
+    assert not np.allclose(teacher[0], to_numpy(student(x, training=True)), atol=1e-3)
+    # The copies are never trained: not trainable on any backend (JAX's stateless step
+    # differentiates the trainable values only), and no gradient reaches them.
+    trainable = {id(v) for v in mrkd.trainable_variables}
+    assert not any(v.trainable or id(v) in trainable for copy in mrkd.memory for v in copy)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        x_tensor = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x_tensor)
+            out = mrkd.teacher_logits(x_tensor)
+        assert all(g is None for g in tape.gradient(out, mrkd.memory[0]))
+    elif BACKEND == "torch":
+        assert not mrkd.teacher_logits(x).requires_grad
 
 
 @pytest.mark.parametrize("gamma", [None, 0.25])
@@ -221,7 +279,7 @@ def test_loss_is_the_mrkd_function_of_the_copies(gamma):
     mrkd.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
     expected = losses.mrkd(y, student(x, training=False), mrkd.teacher_logits(x), 0.25, 3.0, gamma)
     np.testing.assert_allclose(
-        mrkd.evaluate(x, y, batch_size=len(x), verbose=0), np.mean(expected), rtol=1e-5
+        mrkd.evaluate(x, y, batch_size=len(x), verbose=0), np.mean(to_numpy(expected)), rtol=1e-5
     )
 
 
@@ -245,9 +303,9 @@ def test_save_student_and_wrapper(tmp_path):
     mrkd.save(tmp_path / "mrkd.keras")
     again = keras.models.load_model(tmp_path / "mrkd.keras")
     assert isinstance(again, MrKDModel) and again.copies == 2 and again.interval == 3
-    assert int(again.step.numpy()) == STEPS_PER_EPOCH
+    assert int(to_numpy(again.step)) == STEPS_PER_EPOCH
     for a, b in zip(mrkd.memory[1], again.memory[1]):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
 def test_kd_model_distils_from_a_frozen_teacher():
@@ -260,7 +318,7 @@ def test_kd_model_distils_from_a_frozen_teacher():
     kd_model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     for a, b in zip(teacher_weights, teacher.get_weights()):
         np.testing.assert_array_equal(a, b)  # never trained, BN statistics untouched
-    expected = losses.kd(y, student(x), teacher(x, training=False), 0.9, 4.0)
+    expected = to_numpy(losses.kd(y, student(x), teacher(x, training=False), 0.9, 4.0))
     np.testing.assert_allclose(kd_model.evaluate(x, y, batch_size=len(x), verbose=0), np.mean(expected), rtol=1e-5)
 
 
@@ -299,10 +357,12 @@ RESUME_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    import keras, numpy as np, tensorflow as tf
+    import keras, numpy as np
     from keras_softkd import MrKDModel
     keras.utils.set_random_seed(3)
-    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
     backup, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     student = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6),
                                 keras.layers.BatchNormalization(), keras.layers.ReLU(),
@@ -312,19 +372,27 @@ RESUME_SCRIPT = textwrap.dedent(
     rng = np.random.RandomState(0)
     x, y = rng.randn(16, 5).astype("float32"), rng.randint(0, 3, 16)
 
+    value = keras.ops.convert_to_numpy
+
     class Kill(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if int(mrkd.step.numpy()) == kill_at:
+            if keras.backend.backend() == "jax":
+                mrkd.jax_state_sync()
+            if int(value(mrkd.step)) == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     mrkd.fit(x, y, batch_size=4, epochs=5, shuffle=False, verbose=0,
              callbacks=[keras.callbacks.BackupAndRestore(backup), Kill()])
-    np.savez(out, step=int(mrkd.step.numpy()),
-             *[v.numpy() for v in student.weights + [w for c in mrkd.memory for w in c]])
+    np.savez(out, step=int(value(mrkd.step)),
+             *[value(v) for v in student.weights + [w for c in mrkd.memory for w in c]])
     """
 )
 
 
+@tensorflow_only(
+    "three fresh processes cost 35 to 60 s on the other backends; "
+    "test_resume_in_process_matches_uninterrupted_run covers resuming there"
+)
 def test_resume_after_killed_process_matches_uninterrupted_run(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(RESUME_SCRIPT)
@@ -352,3 +420,52 @@ def test_resume_after_killed_process_matches_uninterrupted_run(tmp_path):
     assert len(names) == 3 * 8  # student (2 Dense x 2 + BatchNorm x 4 variables) + 2 copies
     for key in names:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Raises after the step ``at`` (counted by the model's own step counter)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        sync(self.model)
+        if int(to_numpy(self.model.step)) == self.at:
+            raise Interrupted(f"step {self.at}")
+
+
+def test_resume_in_process_matches_uninterrupted_run(tmp_path):
+    """BackupAndRestore, in one process: a run interrupted in epoch 3 and resumed by a
+    fresh model (other initial weights) ends exactly where an uninterrupted run ends:
+    student, BatchNorm statistics, copies, counter and optimizer state all restored."""
+    x, y = data()
+
+    def fresh(seed):
+        student = make_student("plain")
+        if seed:  # other initial weights: only the backup can make the runs agree
+            keras.utils.set_random_seed(seed)
+            student = keras.models.clone_model(student)
+        mrkd = MrKDModel(student, copies=2, interval=3, alpha=0.5, temperature=2.0)
+        mrkd.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        return mrkd
+
+    def fit(mrkd, backup, *extra):
+        callbacks = [keras.callbacks.BackupAndRestore(str(tmp_path / backup)), *extra]
+        mrkd.fit(x, y, batch_size=BATCH, epochs=5, shuffle=False, verbose=0, callbacks=callbacks)
+        return [to_numpy(v) for v in mrkd.weights + mrkd.optimizer.variables]
+
+    full = fit(fresh(0), "full")
+    with pytest.raises(Interrupted):
+        fit(fresh(0), "resumed", InterruptAt(10))  # epoch 3 is steps 9-12; backup after step 8
+    resumed_model = fresh(7)
+    assert not np.allclose(to_numpy(resumed_model.weights[0]), full[0])
+    resumed = fit(resumed_model, "resumed")
+    assert int(to_numpy(resumed_model.step)) == 5 * STEPS_PER_EPOCH
+    assert len(full) == len(resumed)
+    for i, (a, b) in enumerate(zip(full, resumed)):
+        np.testing.assert_array_equal(a, b, err_msg=f"variable {i}")

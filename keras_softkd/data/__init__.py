@@ -1,15 +1,20 @@
-"""Datasets and the tf.data input pipeline.
+"""Datasets and the input pipelines (tf.data, and NumPy ``PyDataset`` without TensorFlow).
 
 * :data:`DATASETS` -- classes and channel statistics of CIFAR-10, CIFAR-100, CINIC-10.
 * :func:`load` -- one split as NumPy arrays, from local files (npz, CIFAR python
   or binary, image folders) or TensorFlow Datasets.
-* :func:`train_dataset`, :func:`eval_dataset` -- ``tf.data`` pipelines with the
-  papers' per-example pad-crop-flip augmentation and normalisation.
+* :func:`train_dataset`, :func:`train_epochs`, :func:`eval_dataset` -- ``tf.data``
+  pipelines with the papers' per-example pad-crop-flip augmentation and
+  normalisation.
+* :class:`TrainPyDataset`, :class:`EvalPyDataset` -- the same protocol as
+  ``keras.utils.PyDataset`` in NumPy, for the JAX and PyTorch backends without
+  TensorFlow; :func:`training_input` and :func:`evaluation_input` choose by backend.
 * :func:`split_validation`, :func:`take_subset` -- seeded subsets.
 
 A package rather than one ``data.py``: reading files, the safe unpickler, the
-augmentation pipeline and subsetting are separate jobs (and only the pipeline
-needs TensorFlow at import time).
+augmentation pipelines and subsetting are separate jobs. Only the tf.data
+pipeline needs TensorFlow, and it is imported when one of its names is first
+used (``data.train_dataset``), never by ``import keras_softkd.data``.
 
 Example:
     >>> import numpy as np
@@ -21,27 +26,55 @@ Example:
     ((4, 32, 32, 3), 'float32', 'int32')
 """
 
+import importlib
+
 from keras_softkd.data.info import DATASETS, DatasetInfo
-from keras_softkd.data.pipeline import (
-    augment_batch,
-    eval_dataset,
-    normalize,
-    train_dataset,
-    train_epochs,
+from keras_softkd.data.py_dataset import (
+    EvalPyDataset,
+    TrainPyDataset,
+    evaluation_input,
+    training_input,
 )
 from keras_softkd.data.sources import SPLITS, load
 from keras_softkd.data.splits import split_validation, take_subset
 
+# name -> module, imported on first use (the tf.data pipeline imports TensorFlow).
+_LAZY = {
+    "augment_batch": "pipeline",
+    "eval_dataset": "pipeline",
+    "normalize": "pipeline",
+    "train_dataset": "pipeline",
+    "train_epochs": "pipeline",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "DATASETS",
     "DatasetInfo",
+    "EvalPyDataset",
     "SPLITS",
+    "TrainPyDataset",
     "augment_batch",
     "eval_dataset",
+    "evaluation_input",
     "load",
     "normalize",
     "split_validation",
     "take_subset",
     "train_dataset",
     "train_epochs",
+    "training_input",
 ]

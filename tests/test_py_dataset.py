@@ -1,0 +1,341 @@
+"""The NumPy input pipeline (``keras_softkd.data.py_dataset``), on every backend.
+
+The augmentation is checked exactly, as ``test_data.py`` checks the tf.data one:
+on "coordinate images" whose pixel (r, c) holds (r + 1, c + 1, 200), every
+output pixel says where it came from, so each example's crop offsets and flip
+can be read back and the batch compared with a per-example NumPy
+pad-crop-flip written here. No TensorFlow is imported unless the backend is
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import doctest
+import os
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from keras_softkd import data
+from keras_softkd.data import py_dataset
+from keras_softkd.data.py_dataset import EvalPyDataset, TrainPyDataset
+
+BACKEND = keras.backend.backend()
+CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465])
+CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616])
+
+
+def coordinate_images(count: int) -> np.ndarray:
+    """Pixel (r, c) holds (r + 1, c + 1, 200): every position is recognisable, padding is 0."""
+    grid = np.zeros((32, 32, 3), np.uint8)
+    grid[..., 0] = np.arange(1, 33)[:, None]
+    grid[..., 1] = np.arange(1, 33)[None, :]
+    grid[..., 2] = 200
+    return np.repeat(grid[None], count, axis=0)
+
+
+def random_images(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3)).astype(np.uint8)
+
+
+def reference_crop_flip(images, rows, columns, flips):
+    """Per example: pad 4 zeros, crop at (rows, columns) in [0, 8], flip where flips."""
+    padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
+    out = np.stack([padded[i, r:r + 32, c:c + 32] for i, (r, c) in enumerate(zip(rows, columns))])
+    out[flips] = out[flips, :, ::-1]
+    return out
+
+
+def recover_parameters(out):
+    """Offsets and flips from augmented coordinate images (centre pixels are never padding)."""
+    centre_row = out[:, 16, 16, 0].astype(int)  # = 16 + row offset - 4 + 1
+    centre_column = out[:, 16, 16, 1].astype(int)
+    flips = out[:, 16, 17, 1].astype(int) < centre_column  # columns run backwards
+    columns = np.where(flips, centre_column - 12, centre_column - 13)
+    return centre_row - 13, columns, flips
+
+
+def denormalize(images: np.ndarray) -> np.ndarray:
+    return (images.astype(np.float64) * CIFAR10_STD + CIFAR10_MEAN) * 255.0
+
+
+def stream(ds) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [ds[i] for i in range(len(ds))]
+
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+# ---------------------------------------------------------------------------
+# The augmentation
+# ---------------------------------------------------------------------------
+
+
+def test_augment_batch_is_exact_per_example_pad_crop_flip():
+    images = coordinate_images(3000)
+    out = py_dataset.augment_batch(images, np.random.default_rng(7))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    rows, columns, flips = recover_parameters(out)
+    assert rows.min() == 0 and rows.max() == 8 and columns.min() == 0 and columns.max() == 8
+    # Exact: each output is the NumPy pad-crop-flip with its own offsets; padding is zeros.
+    np.testing.assert_array_equal(out, reference_crop_flip(images, rows, columns, flips))
+    # Independent per example: all 81 offset pairs occur, each offset about 1/9, flips about 1/2.
+    assert len(set(zip(rows, columns))) == 81
+    assert np.all(np.abs(np.bincount(rows, minlength=9) / 3000 - 1 / 9) < 0.03)
+    assert np.all(np.abs(np.bincount(columns, minlength=9) / 3000 - 1 / 9) < 0.03)
+    assert abs(flips.mean() - 0.5) < 0.04
+    # Rows and columns are drawn independently, the flip independently of both.
+    assert abs(np.corrcoef(rows, columns)[0, 1]) < 0.06
+    assert abs(np.corrcoef(rows, flips)[0, 1]) < 0.06
+    again = py_dataset.augment_batch(images, np.random.default_rng(7))
+    np.testing.assert_array_equal(out, again)
+    assert not np.array_equal(out, py_dataset.augment_batch(images, np.random.default_rng(8)))
+
+
+def test_crop_and_flip_at_the_extreme_offsets():
+    images = random_images(4, 0)
+    offsets = np.array([[0, 0], [8, 8], [0, 8], [4, 4]])
+    flips = np.array([False, True, True, False])
+    out = py_dataset.crop_and_flip(images, offsets, flips)
+    np.testing.assert_array_equal(out, reference_crop_flip(images, offsets[:, 0], offsets[:, 1], flips))
+    np.testing.assert_array_equal(out[3], images[3])  # centred, not flipped: the image itself
+    assert np.all(out[0, :4] == 0) and np.all(out[0, :, :4] == 0)  # top-left padding
+
+
+def test_normalize_matches_definition():
+    images = random_images(3, 1)
+    out = py_dataset.normalize(images, "cifar10")
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, (images / 255.0 - CIFAR10_MEAN) / CIFAR10_STD, atol=1e-5)
+    mean100 = np.array(data.DATASETS["cifar100"].mean)
+    std100 = np.array(data.DATASETS["cifar100"].std)
+    np.testing.assert_allclose(py_dataset.normalize(images, "cifar100"),
+                               (images / 255.0 - mean100) / std100, atol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="compares with the tf.data pipeline")
+def test_normalize_equals_the_tf_data_pipeline_bit_for_bit():
+    from keras_softkd.data import pipeline
+
+    images = random_images(16, 2)
+    for name in data.DATASETS:
+        np.testing.assert_array_equal(
+            py_dataset.normalize(images, name), np.asarray(pipeline.normalize(images, name))
+        )
+
+
+# ---------------------------------------------------------------------------
+# TrainPyDataset: batches, epochs, seeds
+# ---------------------------------------------------------------------------
+
+
+def test_train_batches_are_augmented_per_example_and_normalised():
+    images, labels = coordinate_images(256), np.arange(256) % 10
+    ds = TrainPyDataset(images, labels, dataset="cifar10", batch_size=256, seed=3)
+    batch_images, batch_labels = ds[0]
+    assert batch_images.shape == (256, 32, 32, 3)
+    assert batch_images.dtype == np.float32 and batch_labels.dtype == np.int32
+    pixels = denormalize(batch_images)
+    np.testing.assert_allclose(pixels, np.round(pixels), atol=2e-3)  # normalised exactly
+    out = np.round(pixels).astype(np.uint8)
+    rows, columns, flips = recover_parameters(out)
+    np.testing.assert_array_equal(out, reference_crop_flip(images, rows, columns, flips))
+    assert len(set(zip(rows, columns))) > 40  # crops differ within the batch
+    assert 0.35 < flips.mean() < 0.65
+    assert np.all(out[rows < 4, 0] == 0)  # the top row is padding: zeros before normalisation
+    assert np.all(out[rows >= 4, 0, 12:20] > 0)
+    # the labels follow their images through the shuffle
+    np.testing.assert_array_equal(batch_labels, labels[ds.indices(0, 0)])
+
+
+def test_epochs_are_keyed_on_seed_and_epoch_and_resume_exactly():
+    images, labels = random_images(50, 0), np.arange(50) % 10
+
+    def make(seed=1, first_epoch=0, epochs=3, **kwargs):
+        return TrainPyDataset(images, labels, dataset="cifar10", batch_size=16, seed=seed,
+                              first_epoch=first_epoch, epochs=epochs, **kwargs)
+
+    full = make()
+    assert full.steps_per_epoch == 4 and len(full) == 12 and full.num_batches is None
+    batches = stream(full)
+    assert [len(y) for _, y in batches] == [16, 16, 16, 2] * 3
+    assert_same_batches(batches, stream(make()))  # a function of the seed
+    assert_same_batches(batches[8:], stream(make(first_epoch=2)))  # resumed at epoch 2
+    assert_same_batches(batches[4:8], stream(make(first_epoch=1, epochs=2)))
+    assert_same_batches(batches[:4], stream(make(epochs=1)))  # epoch 0 ignores later ones
+    assert not np.array_equal(batches[0][0], batches[4][0])  # new order/augmentation per epoch
+    assert not np.array_equal(batches[0][0], make(seed=2)[0][0])
+    for epoch in range(3):  # each epoch is a permutation of the examples
+        order = np.concatenate([full.indices(epoch, b) for b in range(4)])
+        assert sorted(order.tolist()) == list(range(50)) and order.tolist() != list(range(50))
+    # Without augmentation each epoch is the images themselves, in the epoch's order.
+    plain = make(augment=False)
+    got = denormalize(np.concatenate([plain[i][0] for i in range(4)]))
+    order = np.concatenate([plain.indices(0, b) for b in range(4)])
+    np.testing.assert_allclose(got, images[order], atol=2e-3)
+    np.testing.assert_array_equal(np.concatenate([plain[i][1] for i in range(4)]), labels[order])
+    np.testing.assert_array_equal(order, np.concatenate([full.indices(0, b) for b in range(4)]))
+
+
+@pytest.mark.parametrize(
+    "workers,processes", [(2, False), (3, False), (2, True)], ids=["2 threads", "3 threads", "2 processes"]
+)
+def test_workers_give_the_same_stream(workers, processes):
+    images, labels = random_images(40, 3), np.arange(40) % 10
+    kwargs = dict(dataset="cifar10", batch_size=8, seed=5, epochs=2)
+    expected = stream(TrainPyDataset(images, labels, **kwargs))
+    parallel = TrainPyDataset(images, labels, workers=workers, use_multiprocessing=processes,
+                              max_queue_size=4, **kwargs)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # JAX: os.fork() with threads
+            assert_same_batches(stream(parallel), expected)
+            # out of order and repeated requests (Keras's build-time peek) are answered alike
+            for index in (3, 0, 0, 9, 1):
+                np.testing.assert_array_equal(parallel[index][0], expected[index][0])
+    finally:
+        parallel.close()
+    evaluation = EvalPyDataset(images, labels, dataset="cifar10", batch_size=16, workers=workers,
+                               use_multiprocessing=processes)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            assert_same_batches(stream(evaluation),
+                                stream(EvalPyDataset(images, labels, dataset="cifar10", batch_size=16)))
+    finally:
+        evaluation.close()
+
+
+class Recording(keras.Model):
+    """A linear classifier whose eager ``train_step`` keeps every batch it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.flatten = keras.layers.Flatten()
+        self.dense = keras.layers.Dense(10)
+        self.batches = []
+
+    def call(self, x):
+        return self.dense(self.flatten(x))
+
+    def train_step(self, *args):
+        x, y = args[-1][:2]
+        self.batches.append((keras.ops.convert_to_numpy(x), keras.ops.convert_to_numpy(y)))
+        return super().train_step(*args)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fit_reads_the_stream_in_order_including_a_resumed_run(workers):
+    """Keras's fit (build-time peek included) sees exactly the stream's batches, epoch after
+    epoch, and a run resumed at epoch 1 sees the uninterrupted run's batches from there."""
+    images, labels = random_images(20, 4), np.arange(20) % 10
+
+    def run(first_epoch):
+        ds = TrainPyDataset(images, labels, dataset="cifar10", batch_size=8, seed=2,
+                            first_epoch=first_epoch, epochs=3, workers=workers)
+        model = Recording()
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # fit's shuffle=True, ignored for it
+            model.fit(ds, epochs=3, initial_epoch=first_epoch, steps_per_epoch=ds.steps_per_epoch,
+                      verbose=0)
+        ds.close()
+        return model.batches, stream(ds)
+
+    seen, expected = run(0)
+    assert len(seen) == 9
+    assert_same_batches(seen, expected)
+    resumed, _ = run(1)
+    assert_same_batches(resumed, seen[3:])
+
+
+def test_eval_batches_in_order_and_evaluate():
+    images, labels = random_images(10, 1), np.arange(10)
+    ds = EvalPyDataset(images, labels, dataset="cifar10", batch_size=4)
+    batches = stream(ds)
+    assert len(ds) == 3 and [len(y) for _, y in batches] == [4, 4, 2]
+    got = np.concatenate([x for x, _ in batches])
+    np.testing.assert_allclose(got, (images / 255.0 - CIFAR10_MEAN) / CIFAR10_STD, atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), labels)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        labels, model.predict(got, verbose=0)
+    )
+    np.testing.assert_allclose(model.evaluate(ds, verbose=0), float(expected), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Choosing by backend, imports, errors
+# ---------------------------------------------------------------------------
+
+
+def test_training_input_chooses_by_backend():
+    images, labels = random_images(10, 0), np.arange(10)
+    kwargs = dict(dataset="cifar10", batch_size=4, seed=0, first_epoch=1, epochs=3)
+    for backend in ("jax", "torch"):
+        stream_, steps = data.training_input(images, labels, backend=backend, **kwargs)
+        assert isinstance(stream_, TrainPyDataset) and steps == 3 and len(stream_) == 6
+        assert isinstance(data.evaluation_input(images, labels, dataset="cifar10", batch_size=4,
+                                                backend=backend), EvalPyDataset)
+    default, _ = data.training_input(images, labels, **kwargs)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        assert isinstance(default, tf.data.Dataset)
+    else:
+        assert isinstance(default, TrainPyDataset)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="the TensorFlow backend imports TensorFlow")
+def test_importing_the_package_and_its_data_does_not_import_tensorflow():
+    code = (
+        "import sys, keras_softkd, keras_softkd.data as d\n"
+        "import numpy as np\n"
+        "ds = d.TrainPyDataset(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, int),\n"
+        "                      dataset='cifar10', batch_size=2, seed=0)\n"
+        "ds[0]\n"
+        "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if 'tensorflow' in m)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KERAS_BACKEND": BACKEND},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_argument_errors():
+    images, labels = random_images(4, 0), np.arange(4)
+    train = dict(dataset="cifar10", batch_size=2, seed=0)
+    with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1; got batch_size=0"):
+        TrainPyDataset(images, labels, dataset="cifar10", batch_size=0, seed=0)
+    with pytest.raises(ValueError, match=r"`seed` must be an integer in \[0, 2\*\*63\); got seed=-1"):
+        TrainPyDataset(images, labels, dataset="cifar10", batch_size=2, seed=-1)
+    with pytest.raises(ValueError, match=r"`first_epoch` must be an integer in \[0, epochs=2\)"):
+        TrainPyDataset(images, labels, first_epoch=2, epochs=2, **train)
+    with pytest.raises(ValueError, match=r"`epochs` must be an integer >= 1"):
+        TrainPyDataset(images, labels, epochs=0, **train)
+    with pytest.raises(ValueError, match=r"`workers` must be an integer >= 1"):
+        TrainPyDataset(images, labels, workers=0, **train)
+    with pytest.raises(ValueError, match=r"`x` must be uint8 images of shape \(N, 32, 32, 3\)"):
+        EvalPyDataset(images.astype(np.float32), labels, dataset="cifar10", batch_size=2)
+    with pytest.raises(ValueError, match=r"`y` must be in \[0, 10\) for dataset='cifar10'; got values from 0 to 12"):
+        EvalPyDataset(images, labels * 4, dataset="cifar10", batch_size=2)
+    with pytest.raises(ValueError, match=r"`dataset` must be one of"):
+        EvalPyDataset(images, labels, dataset="cifar", batch_size=2)
+    ds = TrainPyDataset(images, labels, epochs=2, **train)
+    with pytest.raises(IndexError, match=r"past the stream of epochs 0 \.\. 1 \(4 batches\).*steps_per_epoch=2"):
+        ds[4]
+    with pytest.raises(IndexError):
+        EvalPyDataset(images, labels, dataset="cifar10", batch_size=3)[2]
+
+
+def test_docstring_examples():
+    result = doctest.testmod(py_dataset)
+    assert result.attempted >= 5 and result.failed == 0
