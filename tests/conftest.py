@@ -55,3 +55,18 @@ def two_replicas():
 def mirrored_strategy():
     """Fixture form of :func:`two_replicas`."""
     return two_replicas()
+
+
+def write_tiny_cifar(folder: pathlib.Path, train: int = 64, test: int = 32) -> pathlib.Path:
+    """``cifar10_train.npz`` / ``cifar10_test.npz`` of random images in ``folder`` (the local-files layout)."""
+    import numpy as np
+
+    rng = np.random.RandomState(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train), ("test", test)):
+        np.savez(
+            folder / f"cifar10_{split}.npz",
+            x=rng.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8),
+            y=np.arange(n) % 10,
+        )
+    return folder

@@ -9,23 +9,12 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import write_tiny_cifar
 from keras_softkd import grid
 from keras_softkd.config import UsageError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "flags" / "quickstart.flags"
-
-
-def write_tiny_cifar(folder: pathlib.Path, train: int = 64, test: int = 32) -> pathlib.Path:
-    rng = np.random.RandomState(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", train), ("test", test)):
-        np.savez(
-            folder / f"cifar10_{split}.npz",
-            x=rng.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8),
-            y=np.arange(n) % 10,
-        )
-    return folder
 
 
 def fake_finished_run(cell: grid.Cell, completed: bool = True, error: float = 0.5) -> None:

@@ -11,23 +11,12 @@ import time
 import numpy as np
 import pytest
 
+from conftest import write_tiny_cifar
 from keras_softkd import experiment
 from keras_softkd.config import ExperimentConfig, UsageError, method_defaults
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "train.py")
-
-
-def write_tiny_cifar(folder: pathlib.Path, train: int = 64, test: int = 32) -> pathlib.Path:
-    rng = np.random.RandomState(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", train), ("test", test)):
-        np.savez(
-            folder / f"cifar10_{split}.npz",
-            x=rng.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8),
-            y=np.arange(n) % 10,
-        )
-    return folder
 
 
 def run_train(*args, timeout=600):

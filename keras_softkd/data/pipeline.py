@@ -30,7 +30,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from keras_softkd.data import _arrays
 from keras_softkd.data import info as _info
+from keras_softkd.data._arrays import positive_int as _positive_int
+from keras_softkd.data._arrays import seed_value as _seed_value
 
 PAD = 4
 SIZE = 32
@@ -300,35 +303,5 @@ def _seed_stream(seed: int) -> tf.data.Dataset:
 
 
 def _checked_arrays(x, y, dataset):
-    info = _info.get(dataset)
-    x, y = np.asarray(x), np.asarray(y)
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (SIZE, SIZE, 3) or not len(x):
-        raise ValueError(
-            f"`x` must be uint8 images of shape (N, 32, 32, 3) with N >= 1; got {x.dtype} of "
-            f"shape {x.shape}."
-        )
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
-            f"`y` must be integer labels of shape ({len(x)},), one per image of `x`; got "
-            f"{y.dtype} of shape {y.shape}."
-        )
-    if y.min() < 0 or y.max() >= info.num_classes:
-        raise ValueError(
-            f"`y` must be in [0, {info.num_classes}) for dataset={dataset!r}; got values from "
-            f"{y.min()} to {y.max()}."
-        )
-    return tf.constant(x), tf.constant(y.astype(np.int32))
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1; got {name}={value!r}.")
-    return int(value)
-
-
-def _seed_value(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
-        0 <= seed < 2**63
-    ):
-        raise ValueError(f"`seed` must be an integer in [0, 2**63); got seed={seed!r}.")
-    return int(seed)
+    x, y = _arrays.checked_arrays(x, y, dataset)
+    return tf.constant(x), tf.constant(y)
