@@ -43,6 +43,7 @@ setup(
         "plots": ["matplotlib"],
         # The JAX and PyTorch (CPU) backends, for tests/test_backends.py.
         "backends": ["jax[cpu]", "torch==2.13.0"],
+        "bench": ["torch==2.13.0"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
