@@ -1,8 +1,9 @@
-"""tf.distribute strategies by name, and Keras ``fit`` under ``MultiWorkerMirroredStrategy``.
+"""Data-parallel strategies by name, and Keras ``fit`` under ``MultiWorkerMirroredStrategy``.
 
 Strategies
 ----------
-:func:`make_strategy` turns a name into a ``tf.distribute.Strategy``:
+:func:`make_strategy` turns a name into a ``tf.distribute.Strategy`` on the
+TensorFlow backend:
 
 * ``auto`` -- ``MirroredStrategy`` over the local GPUs if there are more than
   one, else the default strategy (one device, no distribution);
@@ -12,6 +13,20 @@ Strategies
 * ``multi_worker`` -- ``MultiWorkerMirroredStrategy`` over the cluster
   described by the ``TF_CONFIG`` environment variable (checked first: a
   missing or malformed ``TF_CONFIG`` is a ``ValueError`` that says so).
+
+On JAX and PyTorch it returns a :class:`KerasDistribution`, the part of the
+strategy interface :func:`keras_softkd.experiment.run` uses (``scope()``,
+``num_replicas_in_sync``) over Keras's own ``keras.distribution``:
+
+* JAX: ``auto`` -- ``keras.distribution.DataParallel`` over every device if
+  there are more than one, else nothing; ``mirrored`` -- ``DataParallel`` over
+  every device (the batch is split across them, the variables replicated,
+  BatchNorm statistics computed over the global batch); ``one_device`` --
+  nothing;
+* PyTorch: one device (Keras has no distribution for PyTorch): ``auto`` and
+  ``one_device``;
+* ``multi_worker`` and, on PyTorch, ``mirrored`` are a ``ValueError`` naming
+  the backends that have them. TensorFlow is never imported off its backend.
 
 Keras ``fit`` under ``MultiWorkerMirroredStrategy``
 ---------------------------------------------------
@@ -111,13 +126,15 @@ of the chief hold the chief's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import types
 from typing import Optional
 
-import tensorflow as tf
+import keras
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 TF_CONFIG = "TF_CONFIG"
@@ -127,14 +144,20 @@ _PREPARED = "_keras_softkd_multi_worker"
 # -- strategies ------------------------------------------------------------------
 
 
-def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
-    """The ``tf.distribute.Strategy`` called ``name`` (one of :data:`STRATEGIES`).
+def make_strategy(name: str = "auto"):
+    """The strategy called ``name`` (one of :data:`STRATEGIES`) for the Keras backend.
 
-    ``multi_worker`` needs ``TF_CONFIG`` (see the module docstring) and must be
-    created before any other TensorFlow work in the process.
+    TensorFlow: a ``tf.distribute.Strategy``; ``multi_worker`` needs
+    ``TF_CONFIG`` (see the module docstring) and must be created before any
+    other TensorFlow work in the process. JAX and PyTorch: a
+    :class:`KerasDistribution`.
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}; valid values: {', '.join(STRATEGIES)}.")
+    if keras.backend.backend() != "tensorflow":
+        return KerasDistribution.named(name)
+    import tensorflow as tf
+
     if name == "multi_worker":
         tf_config()  # a clear error before TensorFlow's own
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -147,6 +170,47 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
         return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
     cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(gpus or cpus)
+
+
+class KerasDistribution:
+    """A ``keras.distribution.Distribution`` (or none) behind the strategy interface ``run`` uses.
+
+    ``scope()`` makes the distribution current (variables created in it are
+    laid out on its devices, and ``fit``/``predict`` inside it split each batch
+    across them); ``num_replicas_in_sync`` is its number of devices.
+    """
+
+    def __init__(self, distribution=None):
+        self.distribution = distribution
+
+    @classmethod
+    def named(cls, name: str) -> "KerasDistribution":
+        backend = keras.backend.backend()
+        if name == "multi_worker":
+            raise ValueError(
+                "multi_worker (TF_CONFIG, MultiWorkerMirroredStrategy) needs the TensorFlow "
+                f"backend; the Keras backend is {backend}."
+            )
+        if backend != "jax":
+            if name == "mirrored":
+                raise ValueError(
+                    f"mirrored needs the TensorFlow or JAX backend (keras.distribution); "
+                    f"the Keras backend is {backend}, which trains on one device."
+                )
+            return cls()
+        devices = keras.distribution.list_devices()
+        if name == "one_device" or (name == "auto" and len(devices) == 1):
+            return cls()
+        return cls(keras.distribution.DataParallel(devices=devices))
+
+    @property
+    def num_replicas_in_sync(self) -> int:
+        if self.distribution is None:
+            return 1
+        return int(self.distribution.device_mesh.devices.size)
+
+    def scope(self):
+        return self.distribution.scope() if self.distribution is not None else contextlib.nullcontext()
 
 
 def tf_config() -> dict:
@@ -198,17 +262,21 @@ def tf_config() -> dict:
     return config
 
 
+def _is_mwms(strategy) -> bool:
+    """Whether ``strategy`` is a ``MultiWorkerMirroredStrategy`` (never, if TensorFlow was not imported)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
 def is_multi_worker(strategy) -> bool:
     """Whether ``strategy`` is a ``MultiWorkerMirroredStrategy`` with more than one worker."""
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
-        strategy.extended._in_multi_worker_mode()
-    )
+    return _is_mwms(strategy) and bool(strategy.extended._in_multi_worker_mode())
 
 
 def _task(strategy) -> tuple[Optional[str], Optional[int], dict]:
     """``(task type, task index, cluster)`` of this process; ``(None, None, {})`` if not in a cluster."""
     if strategy is not None:
-        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if not _is_mwms(strategy):
             return None, None, {}
         resolver = strategy.cluster_resolver
         cluster = resolver.cluster_spec().as_dict() if resolver.task_type else {}
@@ -219,7 +287,7 @@ def _task(strategy) -> tuple[Optional[str], Optional[int], dict]:
     return config["task"]["type"], config["task"]["index"], config["cluster"]
 
 
-def is_chief(strategy: Optional[tf.distribute.Strategy] = None) -> bool:
+def is_chief(strategy: Optional[object] = None) -> bool:
     """Whether this process writes the run's results.
 
     The chief is task ``chief``, or ``worker`` 0 in a cluster without a
@@ -233,7 +301,7 @@ def is_chief(strategy: Optional[tf.distribute.Strategy] = None) -> bool:
     return task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
 
 
-def output_dir(path, strategy: Optional[tf.distribute.Strategy] = None) -> str:
+def output_dir(path, strategy: Optional[object] = None) -> str:
     """Where this process writes what would go to ``path``, created if missing.
 
     ``path`` itself on the chief (:func:`is_chief`); on any other worker a
@@ -252,7 +320,7 @@ def output_dir(path, strategy: Optional[tf.distribute.Strategy] = None) -> str:
 # -- fit under MultiWorkerMirroredStrategy -------------------------------------------------
 
 
-def prepare_model(model, strategy: Optional[tf.distribute.Strategy] = None):
+def prepare_model(model, strategy: Optional[object] = None):
     """Makes Keras ``fit``, ``evaluate``, ``train_on_batch`` work under multi-worker MWMS.
 
     Call it after building and compiling the model inside ``strategy.scope()``.
@@ -290,6 +358,8 @@ def _build_from_local_batch(self, iterator=None, data_batch=None):
             "MultiWorkerMirroredStrategy in TensorFlow 2.21 / Keras 3.15 ('You must feed a value "
             "for placeholder tensor'); compile with steps_per_execution=1."
         )
+    import tensorflow as tf
+
     strategy = self.distribute_strategy
     if iterator is not None:
         for _, _, batches in iterator:
@@ -308,6 +378,8 @@ def _build_from_local_batch(self, iterator=None, data_batch=None):
 
 def _logs_with_worker_axis(step):
     """``step`` returning every log with a leading axis of 1, for the ``axis=0`` mean over workers."""
+
+    import tensorflow as tf
 
     def step_with_worker_axis(data):
         return tf.nest.map_structure(lambda value: tf.expand_dims(value, 0), step(data))

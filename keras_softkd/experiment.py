@@ -8,8 +8,9 @@ The data's way through :func:`run`:
 3. :func:`build_trainer`: the network from the registry, wrapped or compiled
    for the method (a loss for ce/lsr/lsrkd/pseudo_kd, :class:`MrKDModel` for
    mrkd, :class:`KDModel` for kd), with :class:`PyTorchSGD` and the schedule.
-4. ``fit`` on :func:`keras_softkd.data.train_epochs` from the last checkpoint's
-   epoch, evaluating on the test (or validation) set after each epoch.
+4. ``fit`` on :func:`keras_softkd.data.training_input` (tf.data on TensorFlow,
+   a NumPy ``PyDataset`` on JAX and PyTorch) from the last checkpoint's epoch,
+   evaluating on the test (or validation) set after each epoch.
 5. The final student on the test set -> ``results.json`` (last epoch, as the
    papers report), ``model.keras``; files written atomically.
 
@@ -24,8 +25,9 @@ Output directory::
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
-import math
 import os
 import pathlib
 import platform
@@ -64,36 +66,38 @@ def run(config: ExperimentConfig) -> dict:
 
     (x_train, y_train), (x_eval, y_eval), (x_test, y_test) = load_data(config)
     num_classes = data.DATASETS[config.dataset].num_classes
-    global_batch = config.batch_size
-    steps_per_epoch = math.ceil(len(x_train) / global_batch)
     checkpoint = EpochCheckpoint(files / "checkpoint")
-    with strategy.scope():
-        trainer = build_trainer(config, num_classes, steps_per_epoch, strategy.num_replicas_in_sync)
-        distribute.prepare_model(trainer, strategy)
-        first_epoch = checkpoint.restore(trainer)
-    _drop_history_after(files / "history.csv", first_epoch)
-
-    train = data.train_epochs(
-        x_train, y_train, dataset=config.dataset, batch_size=global_batch, seed=config.seed,
+    first_epoch = checkpoint.epoch_reached()
+    # tf.data on TensorFlow, a NumPy PyDataset on JAX and PyTorch (no TensorFlow needed).
+    train, steps_per_epoch = data.training_input(
+        x_train, y_train, dataset=config.dataset, batch_size=config.batch_size, seed=config.seed,
         first_epoch=first_epoch, epochs=config.epochs,
     )
-    evaluation = data.eval_dataset(x_eval, y_eval, dataset=config.dataset, batch_size=256)
+    evaluation = data.evaluation_input(x_eval, y_eval, dataset=config.dataset, batch_size=256)
+    test = data.evaluation_input(x_test, y_test, dataset=config.dataset, batch_size=256)
     speed = Throughput(images_per_epoch=len(x_train))
     callbacks = [
         speed,
         keras.callbacks.CSVLogger(str(files / "history.csv"), append=first_epoch > 0),
-        keras.callbacks.TensorBoard(str(files / "tensorboard")),
+        *_tensorboard(files / "tensorboard"),
         checkpoint,  # last: the history row of an epoch is written before its checkpoint
     ]
+    _drop_history_after(files / "history.csv", first_epoch)
     start = time.perf_counter()
-    if first_epoch < config.epochs:
-        trainer.fit(
-            train, epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
-            validation_data=evaluation, callbacks=callbacks, verbose=2, shuffle=False,
-        )
-    student = trainer.student if isinstance(trainer, (MrKDModel, KDModel)) else trainer
-    test = data.eval_dataset(x_test, y_test, dataset=config.dataset, batch_size=256)
-    logits = student.predict(test, verbose=0)
+    # Inside the scope: tf.distribute and keras.distribution (JAX) place the variables
+    # on the devices, and keras.distribution splits the batches of fit and predict.
+    with strategy.scope():
+        trainer = build_trainer(config, num_classes, steps_per_epoch, strategy.num_replicas_in_sync)
+        distribute.prepare_model(trainer, strategy)
+        checkpoint.restore(trainer)
+        if first_epoch < config.epochs:
+            trainer.fit(
+                train, epochs=config.epochs, initial_epoch=first_epoch,
+                steps_per_epoch=steps_per_epoch, validation_data=evaluation,
+                callbacks=callbacks, verbose=2, shuffle=False,
+            )
+        student = trainer.student if isinstance(trainer, (MrKDModel, KDModel)) else trainer
+        logits = keras.ops.convert_to_numpy(student.predict(test, verbose=0))
     diverged = not np.isfinite(logits).all()  # recorded, so a sweep does not rerun it forever
     scores = (
         dict.fromkeys(("test_error", "test_top5_error", "test_nll", "test_ece"))
@@ -157,7 +161,10 @@ def load_data(config: ExperimentConfig):
 
 def build_trainer(config: ExperimentConfig, num_classes: int, steps_per_epoch: int, replicas: int = 1):
     """The compiled model that ``fit`` trains for ``config.method``."""
-    student = models.build(config.model, num_classes, synchronized_batchnorm=replicas > 1)
+    # Synchronised BatchNorm for tf.distribute replicas; on JAX, keras.distribution already
+    # computes the statistics over the global batch (and Keras refuses synchronized=True).
+    synchronized = replicas > 1 and keras.backend.backend() == "tensorflow"
+    student = models.build(config.model, num_classes, synchronized_batchnorm=synchronized)
     optimizer = PyTorchSGD(
         learning_rate=learning_rate_schedule(config, steps_per_epoch),
         momentum=config.momentum,
@@ -224,16 +231,33 @@ def load_teacher(path: str, num_classes: int) -> keras.Model:
 
 
 def versions() -> dict:
-    import tensorflow as tf
-
+    """Versions of what the results depend on (the backends installed, without importing them)."""
+    found = {}
+    for name in ("tensorflow", "jax", "torch"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
     return {
         "keras_softkd": __version__,
         "keras": keras.__version__,
         "keras_backend": keras.backend.backend(),
-        "tensorflow": tf.__version__,
+        **found,
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+
+
+def _tensorboard(folder: pathlib.Path) -> list:
+    """Keras's TensorBoard callback, which writes through TensorFlow: none where TF is missing."""
+    try:
+        missing = importlib.util.find_spec("tensorflow") is None
+    except ValueError:  # blocked in sys.modules
+        missing = True
+    if missing:
+        print("TensorFlow is not installed: no TensorBoard logs.", flush=True)
+        return []
+    return [keras.callbacks.TensorBoard(str(folder))]
 
 
 def _strategy(config: ExperimentConfig):
@@ -292,6 +316,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.state = self.directory / "state.json"
         self._wall_before = 0.0
         self._started = time.perf_counter()
+
+    def epoch_reached(self) -> int:
+        """The number of epochs the checkpoint holds (0 without one): where training resumes."""
+        if not self.state.exists():
+            return 0
+        return int(json.loads(self.state.read_text())["epoch"])
 
     def restore(self, model: keras.Model) -> int:
         """Loads the last checkpoint into ``model``; returns the epoch to start from."""

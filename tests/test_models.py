@@ -10,6 +10,7 @@ import pytest
 
 from keras_softkd import models
 from keras_softkd.models._layers import (
+    BatchNormalization,
     ChannelShuffle,
     ChannelSplit,
     Layers,
@@ -143,6 +144,76 @@ def test_synchronized_batchnorm_is_passed_through():
     model = models.build("resnet20", 10, synchronized_batchnorm=True)
     batch_norms = batch_norm_layers(model)
     assert batch_norms and all(layer.synchronized for layer in batch_norms)
+
+
+def _batch_norm_pair(shape, dtype_policy, **options):
+    """Keras's BatchNormalization and ours, same weights, built for ``shape``."""
+    rng = np.random.default_rng(sum(shape))
+    pair = []
+    for cls in (keras.layers.BatchNormalization, BatchNormalization):
+        layer = cls(momentum=0.9, epsilon=1e-5, dtype=dtype_policy, **options)
+        layer.build(shape)
+        pair.append(layer)
+    for weight in ("gamma", "beta", "moving_mean", "moving_variance"):
+        if getattr(pair[0], weight, None) is None:
+            continue
+        value = rng.uniform(0.5, 2.0, shape[-1:]) if "variance" in weight else rng.normal(size=shape[-1:])
+        for layer in pair:
+            getattr(layer, weight).assign(value.astype("float32"))
+    return pair
+
+
+@pytest.mark.parametrize(
+    "shape,policy,options,training",
+    [
+        ((8, 5, 5, 7), None, {}, True),            # the fused kernel
+        ((3, 2, 2, 4), None, {}, True),            # few values per channel: m/(m-1) matters
+        ((16, 8, 8, 3), "mixed_float16", {}, True),
+        ((8, 5, 5, 7), None, {}, False),           # inference: Keras's own call
+        ((8, 5, 5, 7), None, {"center": False}, True),
+        ((6, 9), None, {}, True),                  # not 4-D
+    ],
+)
+def test_fused_batchnorm_computes_what_keras_computes(shape, policy, options, training):
+    """Outputs, input and gamma gradients and the moving statistics after two steps."""
+    import tensorflow as tf
+
+    keras_layer, ours = _batch_norm_pair(shape, policy, **options)
+    rng = np.random.default_rng(1)
+    x = tf.constant((3.0 * rng.normal(size=shape) + 1.0).astype(keras_layer.compute_dtype))
+    results = []
+    for layer in (keras_layer, ours):
+        for _ in range(2):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=training)
+                loss = tf.reduce_sum(tf.cast(y, "float32") * tf.cast(x, "float32") ** 2)
+            grads = tape.gradient(loss, [x] + layer.trainable_weights)
+        results.append([y] + grads + [layer.moving_mean, layer.moving_variance])
+    tolerance = 2e-2 if policy else 1e-5
+    for expected, got in zip(*results):
+        expected, got = np.asarray(expected, "float64"), np.asarray(got, "float64")
+        assert got.shape == expected.shape
+        scale = max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance * scale)
+
+
+def test_networks_use_the_fused_batchnorm_and_load_as_keras_layers(tmp_path):
+    model = models.build("resnet20", 10)
+    assert all(type(layer) is BatchNormalization for layer in batch_norm_layers(model))
+    weights = tmp_path / "resnet20.weights.h5"
+    model.save_weights(weights)
+    # The weights are Keras BatchNormalization's: a model built with Keras's layer reads them.
+    keras_model = keras.models.clone_model(
+        model,
+        clone_function=lambda layer: (
+            keras.layers.BatchNormalization.from_config(layer.get_config())
+            if isinstance(layer, BatchNormalization) else layer.__class__.from_config(layer.get_config())
+        ),
+    )
+    keras_model.load_weights(weights)
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(keras_model(x, training=False), model(x, training=False), atol=1e-5)
 
 
 def test_family_options_are_passed_through():

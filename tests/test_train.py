@@ -236,9 +236,11 @@ def test_two_replicas_train_like_one_device(tmp_path):
     runs = json.loads(line[len("RESULTS="):])
     one, two = runs["one_device"], runs["mirrored"]
     assert one["replicas"] == 1 and two["replicas"] == 2
-    # Float32 sums in another order, amplified by 4 SGD steps at lr 0.1, separate the runs by
-    # ~3e-4; a wrong per-replica loss scaling would double the gradients and the gap.
+    # Float32 sums in another order (two replicas; and one device uses TensorFlow's fused
+    # BatchNorm kernel where two synchronised replicas use Keras's ops), amplified by 4 SGD
+    # steps at lr 0.1 on noise images, separate the runs by up to ~2e-3 (3e-4 with the same
+    # BatchNorm kernel on both); a wrong per-replica loss scaling doubles the gradients.
     for key in ("test_error", "test_nll", "test_ece"):
-        assert two[key] == pytest.approx(one[key], rel=2e-3, abs=2e-3), key
+        assert two[key] == pytest.approx(one[key], rel=5e-3, abs=5e-3), key
     for a, b in zip(one["weights"], two["weights"]):
-        np.testing.assert_allclose(np.array(a), np.array(b), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=5e-3, atol=5e-3)
