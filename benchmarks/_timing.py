@@ -50,9 +50,20 @@ def load_average() -> list[float] | None:
 
 
 def machine() -> dict:
-    """What the figures depend on: processor, cores, load, library versions."""
+    """What the figures depend on: processor, cores, devices, load, library versions.
+
+    Imports no backend other than Keras's own: versions are read from the
+    installed packages' metadata, so this runs where TensorFlow is missing.
+    """
+    import importlib.metadata
+
     import keras
-    import tensorflow as tf
+
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
 
     return {
         "processor": _processor_name(),
@@ -60,10 +71,26 @@ def machine() -> dict:
         "available_cores": available_cores(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "keras_backend": keras.backend.backend(),
+        "devices": _devices(),
+        "tensorflow": version("tensorflow"),
+        "jax": version("jax"),
+        "torch": version("torch"),
         "keras": keras.__version__,
         "load_average_start": load_average(),
     }
+
+
+def _devices() -> list[str]:
+    """The backend's devices (``keras.distribution.list_devices`` where the backend has it)."""
+    import keras
+
+    try:
+        return [str(device) for device in keras.distribution.list_devices()]
+    except Exception:  # PyTorch: Keras has no device list
+        import torch
+
+        return ["cuda:0"] if torch.cuda.is_available() else ["cpu"]
 
 
 def _processor_name() -> str:
@@ -86,11 +113,33 @@ def synthetic_arrays(batch_size: int, num_classes: int, batches: int = 8, seed: 
 
 
 def synthetic(batch_size: int, num_classes: int, batches: int = 8):
-    """An endless ``tf.data`` dataset cycling over :func:`synthetic_arrays` in memory."""
-    import tensorflow as tf
+    """Endless training batches cycling over :func:`synthetic_arrays` held in memory.
+
+    TensorFlow backend: a cached, repeated ``tf.data`` dataset. JAX and
+    PyTorch: a ``keras.utils.PyDataset`` over the same arrays (no TensorFlow).
+    """
+    import keras
 
     x, y = synthetic_arrays(batch_size, num_classes, batches)
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache().repeat()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache().repeat()
+
+    class Batches(keras.utils.PyDataset):
+        @property
+        def num_batches(self):
+            return None  # endless: read with steps_per_epoch, never restarted
+
+        def __len__(self):
+            return batches
+
+        def __getitem__(self, index):
+            index %= batches
+            part = slice(index * batch_size, (index + 1) * batch_size)
+            return x[part], y[part]
+
+    return Batches()
 
 
 def step_timer():

@@ -124,9 +124,13 @@ def training_data(args):
     if not args.real_data_dir:
         return _timing.synthetic(args.batch_size, num_classes), "synthetic, in memory"
     x, y = data.load(args.dataset, "train", data_dir=args.real_data_dir)
-    dataset = data.train_dataset(x, y, dataset=args.dataset, batch_size=args.batch_size,
-                                 seed=0, drop_remainder=True).repeat()
-    return dataset, f"data.train_dataset on {args.dataset} train ({len(x)} images, {args.real_data_dir})"
+    if keras.backend.backend() == "tensorflow":
+        dataset = data.train_dataset(x, y, dataset=args.dataset, batch_size=args.batch_size,
+                                     seed=0, drop_remainder=True).repeat()
+        return dataset, f"data.train_dataset on {args.dataset} train ({len(x)} images, {args.real_data_dir})"
+    dataset = data.TrainPyDataset(x, y, dataset=args.dataset, batch_size=args.batch_size, seed=0,
+                                  first_epoch=0, epochs=1000)
+    return dataset, f"data.TrainPyDataset on {args.dataset} train ({len(x)} images, {args.real_data_dir})"
 
 
 def run_model(model_name: str, args, dataset, teacher_dir: str) -> list[dict]:

@@ -110,3 +110,25 @@ def test_experiment_runs_on_jax_without_tensorflow_on_one_and_two_devices(tmp_pa
         assert two[key] == pytest.approx(one[key], rel=2e-3, abs=2e-3), key
     for a, b in zip(one["weights"], two["weights"]):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="run from the default (TensorFlow) suite, which starts the JAX process itself",
+)
+def test_gpu_benchmark_script_runs_on_jax_without_tensorflow(tmp_path):
+    """benchmarks/gpu_backends.sh, shrunk (ResNet-20, one timed step), on JAX's CPU: the
+    script a GPU machine without TensorFlow runs must not need TensorFlow."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install -e '.[backends]')")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
+           "MODEL": "resnet20", "STEPS": "1", "WARMUP": "1", "REPEATS": "1",
+           "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_backends.sh"), str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads((tmp_path / "method_throughput_jax_gpu.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == ["ce", "lsrkd", "pseudo_kd", "mrkd-1", "mrkd-3"]
+    assert all(row["images_per_second"] > 0 for row in rows)
