@@ -169,7 +169,10 @@ def _batch_norm_pair(shape, dtype_policy, **options):
         ((8, 5, 5, 7), None, {}, True),            # the fused kernel
         ((3, 2, 2, 4), None, {}, True),            # few values per channel: m/(m-1) matters
         ((16, 8, 8, 3), "mixed_float16", {}, True),
-        ((8, 5, 5, 7), None, {}, False),           # inference: Keras's own call
+        ((8, 5, 5, 7), None, {}, False),           # inference: the moving statistics
+        ((16, 8, 8, 3), "mixed_float16", {}, False),
+        ((8, 5, 5, 7), None, {"trainable": False}, True),  # frozen: inference even in training
+        ((8, 5, 5, 7), None, {"synchronized": True}, False),
         ((8, 5, 5, 7), None, {"center": False}, True),
         ((6, 9), None, {}, True),                  # not 4-D
     ],
