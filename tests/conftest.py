@@ -70,3 +70,45 @@ def write_tiny_cifar(folder: pathlib.Path, train: int = 64, test: int = 32) -> p
             y=np.arange(n) % 10,
         )
     return folder
+
+
+_ONE_AND_TWO_DEVICES_SCRIPT = """
+import json, sys
+{prelude}
+import keras
+import numpy as np
+from keras_softkd import experiment
+from keras_softkd.config import ExperimentConfig
+data_dir, out = sys.argv[1], sys.argv[2]
+results = {{}}
+for strategy in ("one_device", "mirrored"):
+    config = ExperimentConfig(method="mrkd", copies=2, kappa=1, model="resnet20", epochs=2,
+                              batch_size=32, data_dir=data_dir, seed=2, strategy=strategy,
+                              output_dir=f"{{out}}/{{strategy}}")
+    results[strategy] = experiment.run(config)
+    student = keras.models.load_model(f"{{out}}/{{strategy}}/model.keras")
+    results[strategy]["weights"] = [np.asarray(w).tolist() for w in student.get_weights()[:4]]
+print("RESULTS=" + json.dumps(results))
+"""
+
+
+def run_on_one_and_two_devices(tmp_path: pathlib.Path, prelude: str, env: dict) -> dict:
+    """``experiment.run`` (MrKD n = 2, kappa = 1, 2 epochs on tiny data) with ``strategy``
+    ``one_device`` and ``mirrored``, in a fresh process whose set-up is ``prelude`` (code run
+    before Keras is imported). Returns ``{"one_device": results, "mirrored": results}``,
+    each with the student's first four weight arrays under ``"weights"``."""
+    import json
+    import subprocess
+    import sys
+
+    data_dir = write_tiny_cifar(tmp_path / "data")
+    script = tmp_path / "one_and_two_devices.py"
+    script.write_text(_ONE_AND_TWO_DEVICES_SCRIPT.format(prelude=prelude))
+    result = subprocess.run(
+        [sys.executable, str(script), str(data_dir), str(tmp_path / "out")],
+        cwd=pathlib.Path(__file__).resolve().parent.parent,
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = [l for l in result.stdout.splitlines() if l.startswith("RESULTS=")][0]
+    return json.loads(line[len("RESULTS="):])

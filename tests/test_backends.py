@@ -51,27 +51,6 @@ def test_suite_passes_under_backend(backend):
     )
 
 
-JAX_RUN_SCRIPT = """
-import json, os, sys
-sys.modules["tensorflow"] = None  # any import of TensorFlow fails: the JAX path must not need it
-import keras
-from keras_softkd import experiment
-from keras_softkd.config import ExperimentConfig
-assert keras.backend.backend() == "jax" and len(keras.distribution.list_devices()) == 2
-data_dir, out = sys.argv[1], sys.argv[2]
-results = {}
-for strategy in ("one_device", "mirrored"):
-    config = ExperimentConfig(method="mrkd", copies=2, kappa=1, model="resnet20", epochs=2,
-                              batch_size=32, data_dir=data_dir, seed=2, strategy=strategy,
-                              output_dir=f"{out}/{strategy}")
-    results[strategy] = experiment.run(config)
-    student = keras.models.load_model(f"{out}/{strategy}/model.keras")
-    results[strategy]["weights"] = [keras.ops.convert_to_numpy(w).tolist()
-                                    for w in student.get_weights()[:4]]
-print("RESULTS=" + json.dumps(results))
-"""
-
-
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="run from the default (TensorFlow) suite, which starts the JAX process itself",
@@ -82,11 +61,8 @@ def test_experiment_runs_on_jax_without_tensorflow_on_one_and_two_devices(tmp_pa
     runs see the same global batches, so they must end with the same weights."""
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (pip install -e '.[backends]')")
-    from conftest import write_tiny_cifar
+    from conftest import run_on_one_and_two_devices
 
-    data_dir = write_tiny_cifar(tmp_path / "data")
-    script = tmp_path / "jax_run.py"
-    script.write_text(JAX_RUN_SCRIPT)
     env = {
         **os.environ,
         "KERAS_BACKEND": "jax",
@@ -94,13 +70,8 @@ def test_experiment_runs_on_jax_without_tensorflow_on_one_and_two_devices(tmp_pa
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
     }
-    result = subprocess.run(
-        [sys.executable, str(script), str(data_dir), str(tmp_path / "out")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("RESULTS=")][0]
-    runs = json.loads(line[len("RESULTS="):])
+    # Any import of TensorFlow fails: the JAX path must not need it.
+    runs = run_on_one_and_two_devices(tmp_path, 'sys.modules["tensorflow"] = None', env)
     one, two = runs["one_device"], runs["mirrored"]
     assert one["replicas"] == 1 and two["replicas"] == 2
     assert one["completed"] and two["completed"]

@@ -22,8 +22,14 @@ import tensorflow as tf
 from keras_softkd import data
 from keras_softkd.data import pipeline, safe_pickle
 
-CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465])
-CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616])
+from augmentation_reference import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    coordinate_images,
+    denormalize,
+    recover_parameters,
+    reference_crop_flip,
+)
 
 
 # ---------------------------------------------------------------------------
@@ -413,32 +419,6 @@ def test_tfds_failure_names_what_was_looked_for(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------
 
 
-def coordinate_images(count: int) -> np.ndarray:
-    """Pixel (r, c) holds (r + 1, c + 1, 200): every position is recognisable, padding is 0."""
-    grid = np.zeros((32, 32, 3), np.uint8)
-    grid[..., 0] = np.arange(1, 33)[:, None]
-    grid[..., 1] = np.arange(1, 33)[None, :]
-    grid[..., 2] = 200
-    return np.repeat(grid[None], count, axis=0)
-
-
-def reference_crop_flip(images, rows, columns, flips):
-    """NumPy pad-4 (zeros), crop at (rows, columns) in [0, 8], flip where flips."""
-    padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
-    out = np.stack([padded[i, r:r + 32, c:c + 32] for i, (r, c) in enumerate(zip(rows, columns))])
-    out[flips] = out[flips, :, ::-1]
-    return out
-
-
-def recover_parameters(out):
-    """Offsets and flips from augmented coordinate images (centre pixels are never padding)."""
-    centre_row = out[:, 16, 16, 0].astype(int)  # = 16 + row offset - 4 + 1
-    centre_column = out[:, 16, 16, 1].astype(int)
-    flips = out[:, 16, 17, 1].astype(int) < centre_column  # columns run backwards
-    columns = np.where(flips, centre_column - 12, centre_column - 13)
-    return centre_row - 13, columns, flips
-
-
 def test_augment_batch_is_exact_per_example_pad_crop_flip():
     images = coordinate_images(3000)
     out = data.augment_batch(images, seed=[7, 11]).numpy()
@@ -453,10 +433,6 @@ def test_augment_batch_is_exact_per_example_pad_crop_flip():
     assert abs(flips.mean() - 0.5) < 0.04
     assert not np.array_equal(out, data.augment_batch(images, seed=[7, 12]).numpy())
     np.testing.assert_array_equal(out, data.augment_batch(images, seed=[7, 11]).numpy())
-
-
-def denormalize(images: np.ndarray) -> np.ndarray:
-    return (images * CIFAR10_STD + CIFAR10_MEAN) * 255.0
 
 
 @pytest.mark.parametrize("design", ["batched", "per_example"])

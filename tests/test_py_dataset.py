@@ -24,43 +24,20 @@ from keras_softkd import data
 from keras_softkd.data import py_dataset
 from keras_softkd.data.py_dataset import EvalPyDataset, TrainPyDataset
 
+from augmentation_reference import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    coordinate_images,
+    denormalize,
+    recover_parameters,
+    reference_crop_flip,
+)
+
 BACKEND = keras.backend.backend()
-CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465])
-CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616])
-
-
-def coordinate_images(count: int) -> np.ndarray:
-    """Pixel (r, c) holds (r + 1, c + 1, 200): every position is recognisable, padding is 0."""
-    grid = np.zeros((32, 32, 3), np.uint8)
-    grid[..., 0] = np.arange(1, 33)[:, None]
-    grid[..., 1] = np.arange(1, 33)[None, :]
-    grid[..., 2] = 200
-    return np.repeat(grid[None], count, axis=0)
 
 
 def random_images(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3)).astype(np.uint8)
-
-
-def reference_crop_flip(images, rows, columns, flips):
-    """Per example: pad 4 zeros, crop at (rows, columns) in [0, 8], flip where flips."""
-    padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
-    out = np.stack([padded[i, r:r + 32, c:c + 32] for i, (r, c) in enumerate(zip(rows, columns))])
-    out[flips] = out[flips, :, ::-1]
-    return out
-
-
-def recover_parameters(out):
-    """Offsets and flips from augmented coordinate images (centre pixels are never padding)."""
-    centre_row = out[:, 16, 16, 0].astype(int)  # = 16 + row offset - 4 + 1
-    centre_column = out[:, 16, 16, 1].astype(int)
-    flips = out[:, 16, 17, 1].astype(int) < centre_column  # columns run backwards
-    columns = np.where(flips, centre_column - 12, centre_column - 13)
-    return centre_row - 13, columns, flips
-
-
-def denormalize(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float64) * CIFAR10_STD + CIFAR10_MEAN) * 255.0
 
 
 def stream(ds) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import write_tiny_cifar
+from conftest import run_on_one_and_two_devices, write_tiny_cifar
 from keras_softkd import experiment
 from keras_softkd.config import ExperimentConfig, UsageError, method_defaults
 
@@ -201,39 +201,16 @@ def test_killed_run_resumes_to_the_same_result(tiny_run):
     assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
 
 
-MIRRORED_SCRIPT = """
-import json, sys
+TWO_LOGICAL_CPUS = """
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras
-from keras_softkd import experiment
-from keras_softkd.config import ExperimentConfig
-data_dir, out = sys.argv[1], sys.argv[2]
-results = {}
-for strategy in ("one_device", "mirrored"):
-    config = ExperimentConfig(method="mrkd", copies=2, kappa=1, model="resnet20", epochs=2,
-                              batch_size=32, data_dir=data_dir, seed=2, strategy=strategy,
-                              output_dir=f"{out}/{strategy}")
-    results[strategy] = experiment.run(config)
-    student = keras.models.load_model(f"{out}/{strategy}/model.keras")
-    results[strategy]["weights"] = [w.tolist() for w in student.get_weights()[:4]]
-print("RESULTS=" + json.dumps(results))
 """
 
 
 def test_two_replicas_train_like_one_device(tmp_path):
-    data_dir = write_tiny_cifar(tmp_path / "data")
-    script = tmp_path / "mirrored.py"
-    script.write_text(MIRRORED_SCRIPT)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [sys.executable, str(script), str(data_dir), str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("RESULTS=")][0]
-    runs = json.loads(line[len("RESULTS="):])
+    runs = run_on_one_and_two_devices(tmp_path, TWO_LOGICAL_CPUS, env)
     one, two = runs["one_device"], runs["mirrored"]
     assert one["replicas"] == 1 and two["replicas"] == 2
     # Float32 sums in another order (two replicas; and one device uses TensorFlow's fused
