@@ -69,12 +69,18 @@ def run(config: ExperimentConfig) -> dict:
     checkpoint = EpochCheckpoint(files / "checkpoint")
     first_epoch = checkpoint.epoch_reached()
     # tf.data on TensorFlow, a NumPy PyDataset on JAX and PyTorch (no TensorFlow needed).
+    split = _devices_splitting_each_batch(config, strategy)
     train, steps_per_epoch = data.training_input(
         x_train, y_train, dataset=config.dataset, batch_size=config.batch_size, seed=config.seed,
-        first_epoch=first_epoch, epochs=config.epochs,
+        first_epoch=first_epoch, epochs=config.epochs, batch_multiple=split,
     )
-    evaluation = data.evaluation_input(x_eval, y_eval, dataset=config.dataset, batch_size=256)
-    test = data.evaluation_input(x_test, y_test, dataset=config.dataset, batch_size=256)
+    eval_batch = -(-256 // split) * split  # 256, or the next multiple of the devices
+    evaluation = data.evaluation_input(
+        x_eval, y_eval, dataset=config.dataset, batch_size=eval_batch, batch_multiple=split
+    )
+    test = data.evaluation_input(
+        x_test, y_test, dataset=config.dataset, batch_size=eval_batch, batch_multiple=split
+    )
     speed = Throughput(images_per_epoch=len(x_train))
     callbacks = [
         speed,
@@ -97,7 +103,8 @@ def run(config: ExperimentConfig) -> dict:
                 callbacks=callbacks, verbose=2, shuffle=False,
             )
         student = trainer.student if isinstance(trainer, (MrKDModel, KDModel)) else trainer
-        logits = keras.ops.convert_to_numpy(student.predict(test, verbose=0))
+        # [:N]: with several devices the last batch may carry zero-weight padding.
+        logits = keras.ops.convert_to_numpy(student.predict(test, verbose=0))[: len(y_test)]
     diverged = not np.isfinite(logits).all()  # recorded, so a sweep does not rerun it forever
     scores = (
         dict.fromkeys(("test_error", "test_top5_error", "test_nll", "test_ece"))
@@ -194,7 +201,9 @@ def build_trainer(config: ExperimentConfig, num_classes: int, steps_per_epoch: i
         "pseudo_kd": lambda: losses.PseudoKDLoss(alpha=config.alpha, beta=config.beta),
     }.get(method)
     compile_args = {"loss": loss()} if loss else {}
-    trainer.compile(optimizer=optimizer, metrics=accuracy, **compile_args)
+    # Weighted: the zero-weight examples that pad an evaluation batch over several devices
+    # do not count (training batches carry no weights).
+    trainer.compile(optimizer=optimizer, weighted_metrics=accuracy, **compile_args)
     return trainer
 
 
@@ -265,6 +274,21 @@ def _strategy(config: ExperimentConfig):
         return distribute.make_strategy(config.strategy)
     except ValueError as error:
         raise UsageError(f"--strategy={config.strategy}: {error}") from None
+
+
+def _devices_splitting_each_batch(config: ExperimentConfig, strategy) -> int:
+    """How many devices must get an equal share of every batch: those of ``keras.distribution``
+    (JAX), which shards a batch evenly; 1 on TensorFlow, whose tf.distribute splits uneven ones."""
+    if keras.backend.backend() == "tensorflow":
+        return 1
+    devices = strategy.num_replicas_in_sync
+    if config.batch_size % devices:
+        raise UsageError(
+            f"--batch_size={config.batch_size} must be a multiple of the number of devices "
+            f"({devices}, --strategy={config.strategy}): keras.distribution gives every device "
+            f"an equal share of each batch."
+        )
+    return devices
 
 
 def _drop_history_after(path: pathlib.Path, epoch: int) -> None:

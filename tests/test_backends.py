@@ -83,6 +83,54 @@ def test_experiment_runs_on_jax_without_tensorflow_on_one_and_two_devices(tmp_pa
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=2e-3, atol=2e-3)
 
 
+_UNEVEN_SCRIPT = """
+import csv, json, sys
+sys.modules["tensorflow"] = None
+from keras_softkd import experiment
+from keras_softkd.config import ExperimentConfig, UsageError
+data_dir, out = sys.argv[1], sys.argv[2]
+config = dict(method="lsrkd", model="resnet20", epochs=1, data_dir=data_dir, seed=0, strategy="mirrored")
+try:
+    experiment.run(ExperimentConfig(batch_size=33, output_dir=out + "/odd", **config))
+except UsageError as error:
+    print("USAGE=" + str(error))
+results = experiment.run(ExperimentConfig(batch_size=32, output_dir=out + "/run", **config))
+history = list(csv.DictReader(open(out + "/run/history.csv")))
+print("RESULTS=" + json.dumps({**results, "val_accuracy": float(history[-1]["val_accuracy"])}))
+"""
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="run from the default (TensorFlow) suite, which starts the JAX process itself",
+)
+def test_experiment_on_two_jax_devices_with_sets_they_do_not_divide(tmp_path):
+    """67 training and 33 test images over two devices (keras.distribution shards every
+    batch evenly): the last training batch is cut to 2, the test set padded with a
+    zero-weight example; every test image counts once, in the results and in the
+    per-epoch val_accuracy (3/33, not 3/34). An odd --batch_size is refused up front."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install -e '.[backends]')")
+    from conftest import write_tiny_cifar
+
+    data_dir = write_tiny_cifar(tmp_path / "data", train=67, test=33)
+    script = tmp_path / "uneven.py"
+    script.write_text(_UNEVEN_SCRIPT)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, str(script), str(data_dir), str(tmp_path / "out")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line
+                 and line.split("=", 1)[0] in ("USAGE", "RESULTS"))
+    assert "--batch_size=33 must be a multiple of the number of devices (2, --strategy=mirrored)" in lines["USAGE"]
+    results = json.loads(lines["RESULTS"])
+    assert results["replicas"] == 2 and results["completed"]
+    wrong = results["test_error"] * 33
+    assert wrong == pytest.approx(round(wrong), abs=1e-6)  # a count out of 33 test images
+    assert results["val_accuracy"] == pytest.approx(1 - results["test_error"], abs=1e-6)
+
+
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="run from the default (TensorFlow) suite, which starts the JAX process itself",

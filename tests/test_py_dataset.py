@@ -250,6 +250,56 @@ def test_eval_batches_in_order_and_evaluate():
     np.testing.assert_allclose(model.evaluate(ds, verbose=0), float(expected), rtol=1e-5)
 
 
+@pytest.mark.parametrize("count, multiple, last", [(23, 4, 4), (17, 4, 0), (24, 4, 0), (23, 1, 7)])
+def test_batch_multiple_cuts_each_epochs_last_batch(count, multiple, last):
+    """Several devices: every batch a multiple of the device count; the last batch of an
+    epoch loses its remainder (the last examples of that epoch's order), nothing else."""
+    images, labels = random_images(count, 3), np.arange(count) % 10
+    ds = TrainPyDataset(images, labels, dataset="cifar10", batch_size=8, seed=5, epochs=3,
+                        batch_multiple=multiple)
+    sizes = [8] * (count // 8) + ([last] if last else [])
+    assert ds.examples_per_epoch == sum(sizes) and ds.steps_per_epoch == len(sizes)
+    plain = TrainPyDataset(images, labels, dataset="cifar10", batch_size=8, seed=5, epochs=3)
+    left_out = []
+    for epoch in range(3):
+        got = [ds[epoch * ds.steps_per_epoch + b] for b in range(ds.steps_per_epoch)]
+        assert [len(y) for _, y in got] == sizes
+        seen = np.concatenate([ds.indices(epoch, b) for b in range(ds.steps_per_epoch)])
+        np.testing.assert_array_equal(seen, py_dataset.epoch_order(5, epoch, count)[: sum(sizes)])
+        np.testing.assert_array_equal(np.concatenate([y for _, y in got]), labels[seen])
+        # The full batches are those of a run without devices, augmentation included.
+        for b, (x, y) in enumerate(got[: count // 8]):
+            px, py = plain[epoch * plain.steps_per_epoch + b]
+            np.testing.assert_array_equal(x, px)
+            np.testing.assert_array_equal(y, py)
+        left_out.append(sorted(set(range(count)) - set(seen.tolist())))
+    if sum(sizes) < count:  # a different remainder sits out each epoch
+        assert len({tuple(out) for out in left_out}) > 1
+
+
+def test_eval_padding_to_the_devices_counts_every_example_once():
+    images, labels = random_images(13, 4), np.arange(13) % 10
+    plain = EvalPyDataset(images, labels, dataset="cifar10", batch_size=8)
+    padded = EvalPyDataset(images, labels, dataset="cifar10", batch_size=8, batch_multiple=4)
+    assert plain.padding == 0 and padded.padding == 3 and len(padded) == 2
+    (x0, y0, w0), (x1, y1, w1) = padded[0], padded[1]
+    assert len(y0) == 8 and len(y1) == 8 and len(x1) == 8
+    np.testing.assert_array_equal(w0, np.ones(8))
+    np.testing.assert_array_equal(w1, [1] * 5 + [0] * 3)
+    np.testing.assert_array_equal(np.concatenate([x0, x1[:5]]), np.concatenate([x for x, _ in stream(plain)]))
+    np.testing.assert_array_equal(np.concatenate([y0, y1[:5]]), labels)
+    # Keras: weighted metrics leave the padding out; predict returns it last.
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    logits = model.predict(plain, verbose=0)
+    np.testing.assert_allclose(model.predict(padded, verbose=0)[:13], logits, rtol=1e-5, atol=1e-6)
+    accuracy = np.mean(np.argmax(logits, -1) == labels)
+    assert model.evaluate(padded, verbose=0, return_dict=True)["accuracy"] == pytest.approx(accuracy)
+    assert EvalPyDataset(images, labels, dataset="cifar10", batch_size=8, batch_multiple=8).padding == 3
+    assert EvalPyDataset(images, labels, dataset="cifar10", batch_size=4, batch_multiple=2).padding == 1
+
+
 # ---------------------------------------------------------------------------
 # Choosing by backend, imports, errors
 # ---------------------------------------------------------------------------
@@ -261,6 +311,8 @@ def test_training_input_chooses_by_backend():
     for backend in ("jax", "torch"):
         stream_, steps = data.training_input(images, labels, backend=backend, **kwargs)
         assert isinstance(stream_, TrainPyDataset) and steps == 3 and len(stream_) == 6
+        _, cut = data.training_input(images, labels, backend=backend, batch_multiple=4, **kwargs)
+        assert cut == 2  # 10 examples in batches of 4 over 4 devices: 4 + 4
         assert isinstance(data.evaluation_input(images, labels, dataset="cifar10", batch_size=4,
                                                 backend=backend), EvalPyDataset)
     default, _ = data.training_input(images, labels, **kwargs)
@@ -306,6 +358,12 @@ def test_argument_errors():
         EvalPyDataset(images, labels * 4, dataset="cifar10", batch_size=2)
     with pytest.raises(ValueError, match=r"`dataset` must be one of"):
         EvalPyDataset(images, labels, dataset="cifar", batch_size=2)
+    with pytest.raises(ValueError, match=r"`batch_size` must be a multiple of `batch_multiple` .*"
+                       r"got batch_size=2, batch_multiple=3"):
+        EvalPyDataset(images, labels, dataset="cifar10", batch_size=2, batch_multiple=3)
+    with pytest.raises(ValueError, match=r"4 training examples cannot fill one batch split over "
+                       r"batch_multiple=8 devices"):
+        TrainPyDataset(images, labels, dataset="cifar10", batch_size=8, seed=0, batch_multiple=8)
     ds = TrainPyDataset(images, labels, epochs=2, **train)
     with pytest.raises(IndexError, match=r"past the stream of epochs 0 \.\. 1 \(4 batches\).*steps_per_epoch=2"):
         ds[4]

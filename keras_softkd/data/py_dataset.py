@@ -145,11 +145,19 @@ class _PrefetchingPyDataset(keras.utils.PyDataset):
     ``i`` from it. ``make`` must be a pure function of ``i``.
     """
 
-    def __init__(self, x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size):
+    def __init__(
+        self, x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size, batch_multiple
+    ):
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.images, self.labels = _checked_arrays(x, y, dataset)
         self.dataset = dataset
         self.batch_size = _positive_int("batch_size", batch_size)
+        self.batch_multiple = _positive_int("batch_multiple", batch_multiple)
+        if self.batch_size % self.batch_multiple:
+            raise ValueError(
+                f"`batch_size` must be a multiple of `batch_multiple` (the devices each batch is "
+                f"split over); got batch_size={self.batch_size}, batch_multiple={self.batch_multiple}."
+            )
         self.prefetch_workers = _positive_int("workers", workers)
         self.prefetch_processes = bool(use_multiprocessing)
         self.prefetch_depth = _positive_int("max_queue_size", max_queue_size)
@@ -257,6 +265,12 @@ class TrainPyDataset(_PrefetchingPyDataset):
     own draws from ``batch_rng(seed, epoch, batch)``, then normalised. The last
     batch of an epoch is smaller when ``batch_size`` does not divide ``N``.
 
+    Several devices (``keras.distribution.DataParallel`` on JAX) need every
+    batch to split evenly: with ``batch_multiple = d`` the last batch of each
+    epoch is cut to a multiple of ``d`` (at most ``d - 1`` examples, the last
+    of that epoch's order, so different ones every epoch, sit the epoch out;
+    ``examples_per_epoch`` says how many remain).
+
     Use it with ``fit(ds, epochs=epochs, initial_epoch=first_epoch,
     steps_per_epoch=ds.steps_per_epoch)``. Keras is told the stream has no
     length (``num_batches`` is ``None``), so ``fit`` reads it across epochs
@@ -276,6 +290,8 @@ class TrainPyDataset(_PrefetchingPyDataset):
             the batch is made when Keras asks for it.
         use_multiprocessing: processes instead of threads.
         max_queue_size: how many batches ahead the workers prepare.
+        batch_multiple: every batch's size is a multiple of it (the number of
+            devices each batch is split over); ``batch_size`` must be one.
 
     Example:
         >>> import numpy as np
@@ -285,6 +301,9 @@ class TrainPyDataset(_PrefetchingPyDataset):
         >>> images, labels = ds[0]
         >>> images.shape, images.dtype.name, labels.dtype.name
         ((4, 32, 32, 3), 'float32', 'int32')
+        >>> four_devices = TrainPyDataset(x, y, dataset="cifar10", batch_size=4, seed=0, batch_multiple=4)
+        >>> four_devices.examples_per_epoch, [len(four_devices[i][1]) for i in range(len(four_devices))]
+        (8, [4, 4])
     """
 
     def __init__(
@@ -301,8 +320,11 @@ class TrainPyDataset(_PrefetchingPyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        batch_multiple: int = 1,
     ):
-        super().__init__(x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size)
+        super().__init__(
+            x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size, batch_multiple
+        )
         self.seed = _seed_value(seed)
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ValueError(f"`epochs` must be an integer >= 1; got epochs={epochs!r}.")
@@ -316,11 +338,18 @@ class TrainPyDataset(_PrefetchingPyDataset):
         self.first_epoch, self.epochs = int(first_epoch), int(epochs)
         self.augment = bool(augment)
         self._order_cache: tuple[int, np.ndarray] | None = None
+        n = len(self.images)
+        self.examples_per_epoch = n - (n % self.batch_size) % self.batch_multiple
+        if self.examples_per_epoch == 0:
+            raise ValueError(
+                f"{n} training examples cannot fill one batch split over "
+                f"batch_multiple={self.batch_multiple} devices: give at least {self.batch_multiple}."
+            )
 
     @property
     def steps_per_epoch(self) -> int:
-        """Batches per epoch, ``ceil(N / batch_size)``: ``fit``'s ``steps_per_epoch``."""
-        return math.ceil(len(self.images) / self.batch_size)
+        """Batches per epoch, ``ceil(examples_per_epoch / batch_size)``: ``fit``'s ``steps_per_epoch``."""
+        return math.ceil(self.examples_per_epoch / self.batch_size)
 
     @property
     def num_batches(self):
@@ -340,7 +369,8 @@ class TrainPyDataset(_PrefetchingPyDataset):
         if cached is None or cached[0] != epoch:
             cached = (epoch, epoch_order(self.seed, epoch, len(self.images)))
             self._order_cache = cached  # one tuple, replaced atomically across threads
-        return cached[1][batch * self.batch_size : (batch + 1) * self.batch_size]
+        stop = min((batch + 1) * self.batch_size, self.examples_per_epoch)
+        return cached[1][batch * self.batch_size : stop]
 
     def make(self, index: int):
         epoch, batch = self.position(index)
@@ -361,6 +391,13 @@ class TrainPyDataset(_PrefetchingPyDataset):
 class EvalPyDataset(_PrefetchingPyDataset):
     """Evaluation batches: in order, normalised, no augmentation.
 
+    With ``batch_multiple = d`` (several devices, each batch split evenly over
+    them) and a last batch that ``d`` does not divide, that batch is padded to
+    a multiple of ``d`` with copies of its first example, and every batch is
+    ``(images, labels, weights)`` with weight 0 on the ``padding`` examples:
+    ``evaluate``'s metrics leave them out, and ``predict`` returns them as its
+    last ``padding`` rows (keep ``[:len(x)]``).
+
     Example:
         >>> import numpy as np
         >>> from keras_softkd.data import EvalPyDataset
@@ -368,6 +405,9 @@ class EvalPyDataset(_PrefetchingPyDataset):
         >>> ds = EvalPyDataset(x, y, dataset="cifar10", batch_size=4)
         >>> len(ds), ds[1][0].shape
         (2, (1, 32, 32, 3))
+        >>> padded = EvalPyDataset(x, y, dataset="cifar10", batch_size=4, batch_multiple=2)
+        >>> padded.padding, padded[1][0].shape, padded[1][2].tolist()
+        (1, (2, 32, 32, 3), [1.0, 0.0])
     """
 
     def __init__(
@@ -380,15 +420,26 @@ class EvalPyDataset(_PrefetchingPyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        batch_multiple: int = 1,
     ):
-        super().__init__(x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size)
+        super().__init__(
+            x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size, batch_multiple
+        )
+        last_batch = len(self.images) - (len(self) - 1) * self.batch_size
+        self.padding = -last_batch % self.batch_multiple
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
     def make(self, index: int):
-        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return normalize(self.images[part], self.dataset), self.labels[part]
+        chosen = np.arange(index * self.batch_size, min((index + 1) * self.batch_size, len(self.images)))
+        if not self.padding:
+            return normalize(self.images[chosen], self.dataset), self.labels[chosen]
+        weights = np.ones(len(chosen), np.float32)
+        if index == len(self) - 1:
+            chosen = np.concatenate([chosen, np.full(self.padding, chosen[0])])
+            weights = np.concatenate([weights, np.zeros(self.padding, np.float32)])
+        return normalize(self.images[chosen], self.dataset), self.labels[chosen], weights
 
 
 # ---------------------------------------------------------------------------
@@ -408,6 +459,7 @@ def training_input(
     augment: bool = True,
     backend: str | None = None,
     workers: int = 2,
+    batch_multiple: int = 1,
 ):
     """Training batches of epochs ``first_epoch .. epochs - 1`` for ``fit``, by backend.
 
@@ -415,13 +467,14 @@ def training_input(
     PyTorch: :class:`TrainPyDataset` (NumPy, with ``workers`` prefetching
     threads), so no TensorFlow is needed. Both are epoch-keyed streams read
     with ``fit(data, epochs=epochs, initial_epoch=first_epoch,
-    steps_per_epoch=steps_per_epoch)``.
+    steps_per_epoch=steps_per_epoch)``. ``batch_multiple`` (the devices
+    ``keras.distribution`` splits each batch over) applies to the PyDataset;
+    tf.distribute splits an uneven batch itself, so tf.data keeps every example.
 
     Returns:
         ``(data, steps_per_epoch)``.
     """
     backend = backend or keras.backend.backend()
-    steps_per_epoch = math.ceil(len(x) / _positive_int("batch_size", batch_size))
     if backend == "tensorflow":
         from keras_softkd.data import pipeline
 
@@ -429,25 +482,31 @@ def training_input(
             x, y, dataset=dataset, batch_size=batch_size, seed=seed,
             first_epoch=first_epoch, epochs=epochs, augment=augment,
         )
-        return stream, steps_per_epoch
+        return stream, math.ceil(len(x) / _positive_int("batch_size", batch_size))
     stream = TrainPyDataset(
         x, y, dataset=dataset, batch_size=batch_size, seed=seed, first_epoch=first_epoch,
-        epochs=epochs, augment=augment, workers=workers,
+        epochs=epochs, augment=augment, workers=workers, batch_multiple=batch_multiple,
     )
-    return stream, steps_per_epoch
+    return stream, stream.steps_per_epoch
 
 
 def evaluation_input(
     x: np.ndarray, y: np.ndarray, *, dataset: str, batch_size: int,
-    backend: str | None = None, workers: int = 2,
+    backend: str | None = None, workers: int = 2, batch_multiple: int = 1,
 ):
-    """Evaluation batches by backend: :func:`keras_softkd.data.eval_dataset` or :class:`EvalPyDataset`."""
+    """Evaluation batches by backend: :func:`keras_softkd.data.eval_dataset` or :class:`EvalPyDataset`.
+
+    ``batch_multiple`` as in :func:`training_input` (the PyDataset pads the
+    last batch with zero-weight examples, which ``predict`` returns last).
+    """
     backend = backend or keras.backend.backend()
     if backend == "tensorflow":
         from keras_softkd.data import pipeline
 
         return pipeline.eval_dataset(x, y, dataset=dataset, batch_size=batch_size)
-    return EvalPyDataset(x, y, dataset=dataset, batch_size=batch_size, workers=workers)
+    return EvalPyDataset(
+        x, y, dataset=dataset, batch_size=batch_size, workers=workers, batch_multiple=batch_multiple
+    )
 
 
 # ---------------------------------------------------------------------------
