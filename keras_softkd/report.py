@@ -34,6 +34,12 @@ Decisions:
 * **Incomplete runs** (``"completed": false``) are skipped and counted in
   :attr:`Runs.skipped`; a malformed ``results.json`` raises ``ValueError``
   naming the file.
+* **Paired differences.** A seed fixes a run's initial weights and its data
+  order and augmentation, whatever the method, so methods run with the same
+  seed differ only by the method (and floating-point noise).
+  :func:`differences` tabulates each method minus the baseline on the same
+  seed: mean ± std over the seeds both have; its std is the spread of the
+  method's effect, usually much smaller than a cell's spread in :func:`table`.
 * **Curves.** A resumed run's ``history.csv`` may repeat epochs (``CSVLogger``
   appends from the resumed epoch): the last row of each epoch wins.
 """
@@ -62,6 +68,7 @@ __all__ = [
     "collect",
     "read_history",
     "table",
+    "differences",
     "table_all",
     "plot_curves",
     "main",
@@ -290,6 +297,70 @@ def table(
         | ------- | -------- | ---------------- | -------- |
         | cifar10 | resnet20 | 11.00 ± 1.41 (2) | 9.00 (1) |
     """
+    group_by, rows, labels = _grid(runs, group_by, columns)
+    header = [*group_by, *labels.values()]
+    body = []
+    for row, cells in rows.items():
+        line = [_display(value) for value in row]
+        for column in labels:
+            line.append(_format_cell(list(_metric_by_seed(cells[column], metric).values()), metric))
+        body.append(line)
+    return _markdown([header, *body])
+
+
+def differences(
+    runs: Sequence[Mapping[str, Any]],
+    metric: str = "test_error",
+    baseline: str = "ce",
+    group_by: Sequence[str] = ("dataset", "model"),
+) -> str:
+    """A Markdown table of each method's ``metric`` minus the baseline's on the same seed.
+
+    Cell: ``mean ± std (n)`` of ``metric(method, seed) - metric(baseline, seed)``
+    over the ``n`` seeds run with both, in the row (``group_by``) of both; scaled
+    and rounded as in :func:`table`, with a sign. The columns are those of
+    :func:`table` without the baseline's. A seed fixes the initial weights and
+    the data order for every method, so the pairs isolate the method's effect.
+
+    Raises:
+        ValueError: as :func:`table`; or no ``baseline`` run.
+
+    Example:
+        >>> runs = [
+        ...     {"method": m, "dataset": "cifar10", "model": "resnet20", "seed": s,
+        ...      "test_error": e, "hyperparameters": {}}
+        ...     for m, s, e in [("ce", 0, 0.10), ("ce", 1, 0.12), ("lsr", 0, 0.09), ("lsr", 1, 0.12)]
+        ... ]
+        >>> print(differences(runs))
+        | dataset | model    | LSR              |
+        | ------- | -------- | ---------------- |
+        | cifar10 | resnet20 | -0.50 ± 0.71 (2) |
+    """
+    baseline_columns = {_column(run, "method")[0] for run in runs if run.get("method") == baseline}
+    if len(baseline_columns) != 1:
+        raise ValueError(
+            f"`baseline` must name the method of one column; {baseline!r} has "
+            f"{len(baseline_columns)} in these runs."
+        )
+    (baseline_column,) = baseline_columns
+    group_by, rows, labels = _grid(runs, group_by, "method")
+    columns = [column for column in labels if column != baseline_column]
+    header = [*group_by, *(labels[column] for column in columns)]
+    body = []
+    for row, cells in rows.items():
+        base = _metric_by_seed(cells[baseline_column], metric)
+        line = [_display(value) for value in row]
+        for column in columns:
+            values = _metric_by_seed(cells[column], metric)
+            paired = [value - base[seed] for seed, value in values.items() if seed in base]
+            line.append(_format_cell(paired, metric, signed=True))
+        body.append(line)
+    return _markdown([header, *body])
+
+
+def _grid(runs, group_by, columns) -> tuple[tuple, dict[tuple, dict[tuple, list]], dict[tuple, str]]:
+    """``(group_by, {row: {column: runs}}, {column: label})``, rows and columns in order,
+    every cell checked to hold distinct seeds of one setting; an empty cell holds ``[]``."""
     if not runs:
         raise ValueError("`runs` is empty: no completed run to tabulate.")
     group_by = (group_by,) if isinstance(group_by, str) else tuple(group_by)
@@ -300,32 +371,39 @@ def table(
         column, label = _column(run, columns)
         column_labels[column] = label
         cells.setdefault(row, {}).setdefault(column, []).append(run)
-
     exclude = set(group_by) | {columns}
-    ordered_columns = sorted(column_labels)
-    header = [*group_by, *(column_labels[c] for c in ordered_columns)]
-    body = []
+    labels = {column: column_labels[column] for column in sorted(column_labels)}
+    rows = {}
     for row in sorted(cells, key=lambda r: tuple(_sort_key(k, v) for k, v in zip(group_by, r))):
-        line = [_display(value) for value in row]
-        for column in ordered_columns:
-            cell_runs = cells[row].get(column, [])
-            _check_one_setting(cell_runs, exclude, f"{_display_row(row)} / {column_labels[column]}")
-            line.append(_format_cell(_metric_values(cell_runs, metric), metric))
-        body.append(line)
-    return _markdown([header, *body])
+        rows[row] = {column: cells[row].get(column, []) for column in labels}
+        for column, label in labels.items():
+            _check_one_setting(rows[row][column], exclude, f"{_display_row(row)} / {label}")
+    return group_by, rows, labels
 
 
 def table_all(runs: Sequence[Mapping[str, Any]]) -> str:
     """The papers' three tables: top-1 test error, NLL and ECE, in Markdown.
 
-    Each under a ``###`` heading, followed by a note on the cells and, for a
-    :class:`Runs` from :func:`collect`, the number of incomplete runs skipped.
+    Each under a ``###`` heading; then, where there are baseline (``ce``) runs
+    and other methods, the same three as :func:`differences` to the baseline on
+    the same seed; then a note on the cells and, for a :class:`Runs` from
+    :func:`collect`, the number of incomplete runs skipped.
     """
     sections = [f"### {METRICS[m][0]}\n\n{table(runs, metric=m)}" for m in TABLE_ALL_METRICS]
     note = (
         "Cells: mean ± sample standard deviation (ddof=1) over seeds, (n) = number of "
         f"seeds; {MISSING} = no run."
     )
+    methods = {run.get("method") for run in runs}
+    if "ce" in methods and len(methods) > 1:
+        sections += [
+            f"### {METRICS[m][0]}: method minus baseline, same seed\n\n{differences(runs, metric=m)}"
+            for m in TABLE_ALL_METRICS
+        ]
+        note += (
+            " Differences: mean ± std over the seeds run with both the method and the baseline, "
+            "(n) = those seeds; a seed fixes the initial weights and the data order for every method."
+        )
     skipped = getattr(runs, "skipped", None)
     if skipped:
         note += f" {len(skipped)} incomplete run(s) skipped."
@@ -430,24 +508,25 @@ def _check_one_setting(cell_runs: Sequence[Mapping[str, Any]], exclude: set, whe
             )
 
 
-def _metric_values(cell_runs: Sequence[Mapping[str, Any]], metric: str) -> list[float]:
-    values = []
+def _metric_by_seed(cell_runs: Sequence[Mapping[str, Any]], metric: str) -> dict[Any, float]:
+    """``{seed: metric}`` of a cell's runs (distinct seeds: ``_grid`` checks), ``null`` left out."""
+    values = {}
     for run in cell_runs:
         value = run.get(metric)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{_source(run)}: `{metric}` must be a number; got {value!r}.")
-        values.append(float(value))
+        values[run.get("seed")] = float(value)
     return values
 
 
-def _format_cell(values: list[float], metric: str) -> str:
+def _format_cell(values: list[float], metric: str, signed: bool = False) -> str:
     if not values:
         return MISSING
     _, scale, decimals = METRICS.get(metric, (metric, 1.0, 3))
     scaled = np.asarray(values, dtype=np.float64) * scale
-    mean = f"{np.mean(scaled):.{decimals}f}"
+    mean = f"{np.mean(scaled):{'+' if signed else ''}.{decimals}f}"
     if len(values) == 1:
         return f"{mean} (1)"
     return f"{mean} ± {np.std(scaled, ddof=1):.{decimals}f} ({len(values)})"

@@ -619,6 +619,15 @@ REPRODUCE = [
     for metric in ("test_error", "test_ece"):
         display(Markdown(f"**{report.METRICS[metric][0]}**\\n\\n" + report.table(runs, metric=metric)))
     """),
+    md("""
+    A seed fixes the initial weights and the order and augmentation of the batches for every
+    method, so two methods run with the same seed differ only by the method. `report.differences`
+    uses that: each cell is a method's test error minus the baseline's on the same seed, mean ± std
+    over the seeds, a spread usually much smaller than the cells' above.
+    """),
+    code("""
+    display(Markdown(report.differences(runs, metric="test_error")))
+    """),
     code("""
     print("method    copies seed  error %    NLL  img/s wall s")
     for run in sorted(runs, key=lambda r: (r["method"], r["seed"])):
@@ -651,9 +660,9 @@ REPRODUCE = [
     ## How to read it
 
     With a few hundred images and epochs per run, seeds differ by more than methods do: read
-    the `± std` before the means. The papers' differences (fractions of a point to two points
-    of test error) need the full training set and schedule; the README shows the longer
-    reproduction on CPU, and the flagfiles in `flags/` hold every cell of the papers' tables
+    the `± std` and the paired differences before the means. The papers' differences (fractions
+    of a point to two points of test error) need the full training set and schedule; the README
+    shows the longer reproduction on CPU, and the flagfiles in `flags/` hold every cell of the papers' tables
     (`--flagfile=flags/w_table2/cifar10/resnet20_mrkd3.flags`).
     """),
 ]

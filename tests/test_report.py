@@ -201,14 +201,44 @@ def test_hyperparameters_a_method_ignores_are_not_compared(tmp_path):
     assert parse_table(report.table(runs[:2]))[1][0][2].endswith("(2)")
 
 
-def test_table_all_has_three_tables_and_the_skipped_count(sweep):
+def test_differences_pair_each_method_with_the_baseline_on_the_same_seed(tmp_path):
+    """Seeds 0-3 of ce, 1-3 of lsrkd (seed 4 has no baseline), 0-1 of mrkd-3 with one
+    run's NLL null: cells against a NumPy transcription of mean ± std of the pairs."""
+    made = {}
+    for method, seeds, copies in [("ce", range(4), 3), ("lsrkd", [1, 2, 3, 4], 3), ("mrkd", [0, 1], 3)]:
+        for seed in seeds:
+            extra = {"test_nll": None} if (method, seed) == ("mrkd", 1) else {}
+            made[method, seed] = make_run(tmp_path, f"{method}{seed}", method, seed, copies=copies, **extra)
+    runs = report.collect([tmp_path])
+
+    def expected(method, seeds, metric, scale, decimals):
+        diffs = np.array([made[method, s][metric] - made["ce", s][metric] for s in seeds]) * scale
+        if len(diffs) == 1:
+            return f"{diffs.mean():+.{decimals}f} (1)"
+        return f"{diffs.mean():+.{decimals}f} ± {diffs.std(ddof=1):.{decimals}f} ({len(diffs)})"
+
+    header, rows = parse_table(report.differences(runs))
+    assert header == ["dataset", "model", "LsrKD", "MrKD-3"]
+    assert rows[0][2:] == [expected("lsrkd", [1, 2, 3], "test_error", 100.0, 2),
+                           expected("mrkd", [0, 1], "test_error", 100.0, 2)]
+    _, rows = parse_table(report.differences(runs, metric="test_nll"))
+    assert rows[0][2:] == [expected("lsrkd", [1, 2, 3], "test_nll", 1.0, 3),
+                           expected("mrkd", [0], "test_nll", 1.0, 3)]
+    with pytest.raises(ValueError, match=r"`baseline` must name the method of one column; 'lsr' has 0"):
+        report.differences(runs, baseline="lsr")
+
+
+def test_table_all_has_three_tables_the_differences_and_the_skipped_count(sweep):
     root, made = sweep
     text = report.table_all(report.collect([root]))
+    titles = ["Top-1 test error (%)", "Test negative log-likelihood (nats)",
+              "Test expected calibration error (%, 15 bins)"]
     assert [line for line in text.splitlines() if line.startswith("###")] == [
-        "### Top-1 test error (%)",
-        "### Test negative log-likelihood (nats)",
-        "### Test expected calibration error (%, 15 bins)",
+        *(f"### {title}" for title in titles),
+        *(f"### {title}: method minus baseline, same seed" for title in titles),
     ]
+    only_ce = [run for run in report.collect([root]) if run["method"] == "ce"]
+    assert "minus baseline" not in report.table_all(only_ce)
     assert "1 incomplete run(s) skipped" in text
     assert expected_cell([made["ce", s]["test_nll"] for s in range(3)], 1.0, 3) in text
 

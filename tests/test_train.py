@@ -97,6 +97,46 @@ def test_teacher_must_be_a_model_with_the_datasets_classes(tmp_path):
         experiment.load_teacher(str(tmp_path / "seven.keras"), 10)
 
 
+class _Stop(Exception):
+    """Raised from a wrapped ``build_trainer`` once the initial weights are recorded."""
+
+
+def test_a_seed_fixes_the_initial_weights_and_the_batches_for_every_method(tmp_path, monkeypatch):
+    """What makes report.differences paired: with the same seed, ce, lsrkd and mrkd start from
+    the same weights and read the same first batch; another seed changes both."""
+    data_dir = write_tiny_cifar(tmp_path / "data")
+    seen = {}
+    original_input, original_build = experiment.data.training_input, experiment.build_trainer
+
+    def recording_input(*args, **kwargs):
+        stream, steps = original_input(*args, **kwargs)
+        seen["batch"] = [np.asarray(part) for part in next(iter(stream))]
+        return stream, steps
+
+    def recording_build(config, *args, **kwargs):
+        trainer = original_build(config, *args, **kwargs)
+        student = getattr(trainer, "student", trainer)
+        seen["weights"] = [np.asarray(w) for w in student.get_weights()]
+        raise _Stop
+
+    monkeypatch.setattr(experiment.data, "training_input", recording_input)
+    monkeypatch.setattr(experiment, "build_trainer", recording_build)
+    starts = {}
+    for method, seed in [("ce", 3), ("lsrkd", 3), ("mrkd", 3), ("ce", 4)]:
+        config = ExperimentConfig(method=method, model="resnet20", epochs=1, batch_size=16, seed=seed,
+                                  data_dir=str(data_dir), output_dir=str(tmp_path / f"{method}{seed}"))
+        with pytest.raises(_Stop):
+            experiment.run(config)
+        starts[method, seed] = dict(seen)
+    reference = starts["ce", 3]
+    for key in [("lsrkd", 3), ("mrkd", 3)]:
+        for a, b in zip(reference["weights"] + reference["batch"], starts[key]["weights"] + starts[key]["batch"]):
+            np.testing.assert_array_equal(a, b)
+    other = starts["ce", 4]
+    assert not np.array_equal(reference["batch"][0], other["batch"][0])
+    assert not all(np.array_equal(a, b) for a, b in zip(reference["weights"], other["weights"]))
+
+
 def test_learning_rate_schedules_reach_the_papers_values():
     cosine = experiment.learning_rate_schedule(ExperimentConfig(epochs=10, lr=0.1), 5)
     assert float(cosine(0)) == pytest.approx(0.1)
