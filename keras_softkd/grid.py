@@ -41,10 +41,17 @@ Decisions:
   now (another ``--epochs``, say; ``--data_dir`` and the flagfile's path are
   not compared, the flagfile's content is) is a *conflict*: it is neither
   skipped nor resumed, and the grid says so; use another ``--output_root``.
-* **One run at a time**, each a ``train.py`` subprocess: a crash or a kill of
+* **Runs**: each cell is a ``train.py`` subprocess, so a crash or a kill of
   one run loses only that run's current epoch. A failed cell does not stop
   the grid; the exit status is 1 when any cell failed, 130 when interrupted
-  (run the same command again to go on).
+  (run the same command again to go on; an interrupt stops every running cell).
+* **``--jobs=N``** runs N cells at once (default 1), in the same order, and
+  gives each an N-th of the CPU cores: ``TF_NUM_INTRAOP_THREADS``,
+  ``TF_NUM_INTEROP_THREADS`` and ``OMP_NUM_THREADS`` (those not already set).
+  On a CPU, small networks use cores better as separate runs than as threads
+  of one: on 2 cores, two one-thread ResNet-20 runs trained 1.44x the images
+  per second of one two-thread run (benchmarks/README.md). On GPUs, start one
+  grid per device instead (``CUDA_VISIBLE_DEVICES``, disjoint ``--seeds``).
 * **Report**: at the end ``keras_softkd.report`` tabulates every completed run
   under ``output_root`` into ``<output_root>/report.md`` (test error, NLL, ECE:
   mean ± std over seeds) and plots ``<output_root>/curves.png``.
@@ -64,7 +71,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent import futures
 from typing import Optional, Sequence
 
 from keras_softkd import _io
@@ -391,51 +400,56 @@ def run(
     report: bool = True,
     stream: bool = False,
     out=None,
+    jobs: int = 1,
 ) -> int:
-    """Runs the cells not done yet, one ``train.py`` subprocess at a time, then the report.
+    """Runs the cells not done yet, ``jobs`` ``train.py`` subprocesses at a time, then the report.
 
     Returns:
         0 when every cell completed (and the report was written), 1 when a
         cell failed, conflicted or the report failed, 130 when interrupted.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"`jobs` must be an integer >= 1; got jobs={jobs!r}.")
     out = out or sys.stdout
     counts = {"done": 0, "ran": 0, "failed": 0}
     failed: list[str] = []
+    to_run = []
+    for index, cell in enumerate(cells, 1):
+        state, detail = cell.state()
+        where = f"[{index}/{len(cells)}] {cell.model} {cell.column.name} seed{cell.seed}"
+        if state == "done":
+            counts["done"] += 1
+            print(f"{where}: done, skipped", file=out, flush=True)
+        elif state in ("conflict", "broken"):
+            counts["failed"] += 1
+            failed.append(f"{cell.output_dir}: {state}: {detail}")
+            print(f"{where}: {state}, not run: {detail}", file=out, flush=True)
+        else:
+            to_run.append((where, cell, "resuming " + detail if state == "resume" else "running"))
+
+    runner = _Runner(stream, out, _cell_environment(jobs))
     previous_handler = _install_sigterm()
+    pool = futures.ThreadPoolExecutor(jobs, thread_name_prefix="keras_softkd_grid")
     try:
-        for index, cell in enumerate(cells, 1):
-            state, detail = cell.state()
-            where = f"[{index}/{len(cells)}] {cell.model} {cell.column.name} seed{cell.seed}"
-            if state == "done":
-                counts["done"] += 1
-                print(f"{where}: done, skipped", file=out, flush=True)
-                continue
-            if state in ("conflict", "broken"):
-                counts["failed"] += 1
-                failed.append(f"{cell.output_dir}: {state}: {detail}")
-                print(f"{where}: {state}, not run: {detail}", file=out, flush=True)
-                continue
-            print(f"{where}: {'resuming ' + detail if state == 'resume' else 'running'} "
-                  f"-> {cell.output_dir / LOG_FILE}", file=out, flush=True)
-            start = time.perf_counter()
-            code = _run_cell(cell, stream, out)
-            elapsed = time.perf_counter() - start
+        pending = [pool.submit(runner.run, *job) for job in to_run]
+        for future in pending:
+            while True:  # a timed wait, so that Ctrl-C and SIGTERM reach this thread
+                try:
+                    code, summary = future.result(timeout=0.5)
+                    break
+                except futures.TimeoutError:
+                    continue
             counts["ran"] += 1
-            if cell.state()[0] == "done":  # results.json written: the run is complete
-                note = "" if code == 0 else f"; train.py then exited with {code}, see {LOG_FILE}"
-                print(f"    {_headline(cell)} ({elapsed:.0f} s{note})", file=out, flush=True)
-            else:
+            if code is not None:
                 counts["failed"] += 1
-                failed.append(f"{cell.output_dir}: train.py exited with {code}")
-                print(f"    FAILED (exit {code}, {elapsed:.0f} s); last lines of "
-                      f"{cell.output_dir / LOG_FILE}:", file=out)
-                for line in _tail(cell.output_dir / LOG_FILE, 8):
-                    print(f"      {line}", file=out)
-                out.flush()
+                failed.append(summary)
     except (KeyboardInterrupt, _Terminated):
+        runner.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
         print("\nInterrupted: run the same command again to resume.", file=out, flush=True)
         return 130
     finally:
+        pool.shutdown(wait=True)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
 
@@ -450,6 +464,90 @@ def run(
     return status
 
 
+def _cell_environment(jobs: int) -> dict[str, str]:
+    """The environment of every ``train.py``: with ``jobs`` > 1, an equal share of the cores."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if jobs > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        share = str(max(1, (cores or 1) // jobs))
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            env.setdefault(name, share)
+    return env
+
+
+class _Runner:
+    """Runs cells (from the pool's threads), prints their lines, and stops them all on demand."""
+
+    def __init__(self, stream: bool, out, env: dict[str, str]):
+        self.stream, self.out, self.env = stream, out, env
+        self._lock = threading.Lock()
+        self._processes: set[subprocess.Popen] = set()
+        self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.out, flush=True)
+
+    def run(self, where: str, cell: Cell, doing: str) -> tuple[Optional[int], str]:
+        """``(None, "")`` when the cell completed, else ``(exit code, what failed)``."""
+        self.say(f"{where}: {doing} -> {cell.output_dir / LOG_FILE}")
+        start = time.perf_counter()
+        code = _run_cell(cell, self)
+        elapsed = time.perf_counter() - start
+        if cell.state()[0] == "done":  # results.json written: the run is complete
+            note = "" if code == 0 else f"; train.py then exited with {code}, see {LOG_FILE}"
+            self.say(f"    {where}: {_headline(cell)} ({elapsed:.0f} s{note})")
+            return None, ""
+        if self.stopping:  # terminated by stop(): the grid says "Interrupted"
+            return code, f"{cell.output_dir}: stopped"
+        lines = "\n".join(f"      {line}" for line in _tail(cell.output_dir / LOG_FILE, 8))
+        self.say(f"    {where}: FAILED (exit {code}, {elapsed:.0f} s); last lines of "
+                 f"{cell.output_dir / LOG_FILE}:\n{lines}")
+        return code, f"{cell.output_dir}: train.py exited with {code}"
+
+    def start(self, command: Sequence[str]) -> Optional[subprocess.Popen]:
+        """The cell's process, or None once :meth:`stop` was called."""
+        with self._lock:
+            if self._stopping:
+                return None
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=self.env, bufsize=1, errors="replace",
+            )
+            self._processes.add(process)
+            return process
+
+    def finished(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._processes.discard(process)
+
+    def echo(self, prefix: str, line: str) -> None:
+        if self.stream:
+            with self._lock:
+                self.out.write(prefix + line)
+                self.out.flush()
+
+    def stop(self) -> None:
+        """Terminates every running cell (then kills what has not exited after 30 s)."""
+        with self._lock:
+            self._stopping = True
+            processes = list(self._processes)
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def _install_sigterm():
     def terminate(signum, frame):
         raise _Terminated()
@@ -460,40 +558,32 @@ def _install_sigterm():
         return None
 
 
-def _run_cell(cell: Cell, stream: bool, out) -> int:
+def _run_cell(cell: Cell, runner: _Runner) -> Optional[int]:
+    """Runs ``cell``'s ``train.py``, its output appended to its ``train.log``; its exit code
+    (None when the grid was stopped before it started)."""
     cell.output_dir.mkdir(parents=True, exist_ok=True)
     if not (cell.output_dir / CELL_FILE).exists():
         _io.write_json_atomic(cell.output_dir / CELL_FILE, cell.setting())
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with open(cell.output_dir / LOG_FILE, "a") as log:
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
         log.write(f"=== {stamp} {shlex.join(cell.command)}\n")
         log.flush()
-        process = subprocess.Popen(
-            cell.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-            bufsize=1, errors="replace",
-        )
+        process = runner.start(cell.command)
+        if process is None:
+            return None
+        prefix = f"[{cell.model} {cell.column.name} seed{cell.seed}] "
         try:
             for line in process.stdout:
                 log.write(line)
                 log.flush()
-                if stream:
-                    out.write(line)
-                    out.flush()
-            return process.wait()
-        except BaseException:
-            # Ctrl-C reaches the child too (same process group); SIGTERM does not.
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                runner.echo(prefix, line)
+            code = process.wait()
+        finally:
+            runner.finished(process)
+        if runner.stopping:
             log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} "
                       "stopped by the grid runner\n")
-            raise
+        return code
 
 
 def _headline(cell: Cell) -> str:
@@ -541,7 +631,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m keras_softkd.grid --methods=.. --output_root=DIR [--models=..] [flags]``."""
     parser = argparse.ArgumentParser(
         prog="python -m keras_softkd.grid",
-        description="Run methods x models x seeds as train.py subprocesses, one at a time, "
+        description="Run methods x models x seeds as train.py subprocesses (--jobs at a time), "
         "skipping completed cells and resuming interrupted ones; then tabulate them. "
         "Other --flag=value arguments go to every train.py run.",
         epilog="Columns: ce lsr lsrkd lsrkd_tc pseudo_kd kd mrkd mrkd_tc, mrkd<N> and mrkd<N>_tc "
@@ -559,6 +649,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--stream", action="store_true",
                         help="also echo each run's output here (it always goes to train.log)")
     parser.add_argument("--no_report", action="store_true", help="skip the final report")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells run at once, each with an equal share of the CPU cores")
     parser.add_argument("--python", default=sys.executable, help="interpreter for train.py")
     parser.add_argument("--train_script", default=None, help="path of train.py")
     args, train_args = parser.parse_known_args(argv)
@@ -571,6 +663,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as error:
         print(f"python -m keras_softkd.grid: error: {error}", file=sys.stderr)
         return 2
+    if args.jobs < 1:
+        print(f"python -m keras_softkd.grid: error: --jobs must be an integer >= 1; got "
+              f"--jobs={args.jobs}.", file=sys.stderr)
+        return 2
     if args.dry_run:
         for cell in cells:
             state, detail = cell.state()
@@ -578,7 +674,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   + (f" ({detail})" if detail else ""))
             print(shlex.join(cell.command))
         return 0
-    return run(cells, args.output_root, report=not args.no_report, stream=args.stream)
+    return run(cells, args.output_root, report=not args.no_report, stream=args.stream,
+               jobs=args.jobs)
 
 
 if __name__ == "__main__":

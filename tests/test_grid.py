@@ -143,7 +143,7 @@ def test_completed_cells_are_skipped_and_the_rest_run(tmp_path, monkeypatch):
 
     ran = []
 
-    def fake_run_cell(cell, stream, out):
+    def fake_run_cell(cell, runner):
         ran.append(cell.column.name)
         fake_finished_run(cell)
         return 0
@@ -177,6 +177,90 @@ def test_a_cell_started_with_other_arguments_is_a_conflict(tmp_path, monkeypatch
     assert state == "conflict" and "--epochs=30" in detail and "--epochs=20" in detail
     monkeypatch.setattr(grid, "_run_cell", lambda *a: pytest.fail("a conflicting cell ran"))
     assert grid.run([changed], root, report=False) == 1
+
+
+# -- several cells at once ---------------------------------------------------------------------
+
+# A stand-in for train.py: notes when it ran, with which thread settings, then finishes the cell
+# (or, with SLEEP_FOREVER set, waits to be stopped).
+FAKE_TRAIN = """
+import json, os, pathlib, sys, time
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+out = pathlib.Path(args["output_dir"]); out.mkdir(parents=True, exist_ok=True)
+start = time.time()
+(out / "started.json").write_text(json.dumps({"pid": os.getpid(), "env": {
+    k: os.environ.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")}}))
+if os.environ.get("SLEEP_FOREVER"):
+    time.sleep(600)
+time.sleep(1.0)
+(out / "results.json").write_text(json.dumps({
+    "method": args["method"], "dataset": "cifar10", "model": args["model"], "seed": int(args["seed"]),
+    "epochs": 1, "hyperparameters": {}, "test_error": 0.5, "test_nll": 1.5, "test_ece": 0.05,
+    "completed": True, "span": [start, time.time()]}))
+print("fake run done")
+"""
+
+
+@pytest.fixture
+def fake_train(tmp_path, monkeypatch):
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "SLEEP_FOREVER"):
+        monkeypatch.delenv(name, raising=False)
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    return script
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_jobs_run_that_many_cells_at_once_each_with_a_share_of_the_cores(tmp_path, fake_train, jobs, capsys):
+    root = tmp_path / "runs"
+    args = ["--methods=ce,lsr,lsrkd", "--seeds=0-1", f"--output_root={root}", "--no_report",
+            f"--train_script={fake_train}", f"--jobs={jobs}"]
+    assert grid.main(args) == 0
+    assert "6 cells: 0 already done, 6 run, 0 failed." in capsys.readouterr().out
+    folders = sorted((root / "resnet20").glob("*/seed*"))
+    assert len(folders) == 6
+    spans = [json.loads((f / "results.json").read_text())["span"] for f in folders]
+    # Most cells running at one moment (sampled at every start).
+    running = max(sum(s[0] <= start < s[1] for s in spans) for start, _ in spans)
+    assert running == jobs
+    cores = len(grid.os.sched_getaffinity(0))
+    expected = None if jobs == 1 else str(max(1, cores // jobs))
+    for folder in folders:
+        env = json.loads((folder / "started.json").read_text())["env"]
+        assert env == dict.fromkeys(env, expected)
+    with pytest.raises(ValueError, match=r"`jobs` must be an integer >= 1; got jobs=0"):
+        grid.run([], root, jobs=0)
+    assert grid.main([*args[:-1], "--jobs=0"]) == 2
+    assert "--jobs must be an integer >= 1; got --jobs=0" in capsys.readouterr().err
+
+
+def test_sigterm_stops_every_running_cell_and_starts_no_other(tmp_path, fake_train):
+    import os
+    import signal
+    import time
+
+    root = tmp_path / "runs"
+    command = [sys.executable, "-m", "keras_softkd.grid", "--methods=ce,lsr,lsrkd", f"--output_root={root}",
+               "--no_report", f"--train_script={fake_train}", "--jobs=2"]
+    grid_process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "SLEEP_FOREVER": "1"},
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = [root / "resnet20" / m / "seed0" / "started.json" for m in ("ce", "lsr", "lsrkd")]
+    deadline = time.monotonic() + 120
+    while not (started[0].exists() and started[1].exists()):
+        assert time.monotonic() < deadline and grid_process.poll() is None, grid_process.stdout.read()
+        time.sleep(0.2)
+    time.sleep(0.5)
+    pids = [json.loads(path.read_text())["pid"] for path in started[:2]]
+    grid_process.send_signal(signal.SIGTERM)
+    output, _ = grid_process.communicate(timeout=60)
+    assert grid_process.returncode == 130, output
+    assert "Interrupted: run the same command again to resume." in output
+    assert not started[2].exists()  # the third cell never started
+    for pid in pids:  # both running cells were stopped (and reaped)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    for method in ("ce", "lsr"):
+        assert "stopped by the grid runner" in (root / "resnet20" / method / "seed0" / "train.log").read_text()
 
 
 # -- one real grid ------------------------------------------------------------------------------
