@@ -443,9 +443,11 @@ def run(
             if code is not None:
                 counts["failed"] += 1
                 failed.append(summary)
-    except (KeyboardInterrupt, _Terminated):
+    except BaseException as error:  # Ctrl-C, SIGTERM, or a cell's runner failed: stop them all
         runner.stop()
         pool.shutdown(wait=True, cancel_futures=True)
+        if not isinstance(error, (KeyboardInterrupt, _Terminated)):
+            raise
         print("\nInterrupted: run the same command again to resume.", file=out, flush=True)
         return 130
     finally:
