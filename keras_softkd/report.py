@@ -36,10 +36,12 @@ Decisions:
   naming the file.
 * **Paired differences.** A seed fixes a run's initial weights and its data
   order and augmentation, whatever the method, so methods run with the same
-  seed differ only by the method (and floating-point noise).
-  :func:`differences` tabulates each method minus the baseline on the same
-  seed: mean ± std over the seeds both have; its std is the spread of the
-  method's effect, usually much smaller than a cell's spread in :func:`table`.
+  seed start alike. :func:`differences` tabulates each method minus the
+  baseline on the same seed: mean ± std over the seeds both have. Pairing
+  removes the seeds' differences in starting point and data order, not the
+  divergence of two trajectories: whether its std is smaller than the cells'
+  in :func:`table` is an empirical matter (in the README's 15-epoch
+  reproduction it is not).
 * **Curves.** A resumed run's ``history.csv`` may repeat epochs (``CSVLogger``
   appends from the resumed epoch): the last row of each epoch wins.
 """
@@ -320,7 +322,7 @@ def differences(
     over the ``n`` seeds run with both, in the row (``group_by``) of both; scaled
     and rounded as in :func:`table`, with a sign. The columns are those of
     :func:`table` without the baseline's. A seed fixes the initial weights and
-    the data order for every method, so the pairs isolate the method's effect.
+    the data order for every method, so a pair starts alike.
 
     Raises:
         ValueError: as :func:`table`; or no ``baseline`` run.
