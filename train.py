@@ -46,6 +46,9 @@ flags.DEFINE_float("beta", None, "Pseudo-KD beta > 0.")
 flags.DEFINE_integer("copies", None, "MrKD memory copies n >= 1.")
 flags.DEFINE_float("kappa", None, "MrKD refresh interval in epochs (fractions allowed; "
                    "default epochs/8, the paper's 25 of 200).")
+flags.DEFINE_bool("initial_weights_teach", None,
+                  "MrKD ablation: every memory copy teaches from step 1, the initial weights "
+                  "included (Algorithm 1 read literally). Default: a copy teaches once refreshed.")
 flags.DEFINE_string("teacher", None, "A trained .keras model (method kd).")
 flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initialisation).")
 flags.DEFINE_string("output_dir", "runs/{method}/seed{seed}",
@@ -65,8 +68,8 @@ def config_from_flags() -> ExperimentConfig:
     names = [
         "method", "dataset", "data_dir", "model", "epochs", "batch_size", "lr", "lr_schedule",
         "weight_decay", "momentum", "alpha", "temperature", "gamma", "beta", "copies", "kappa",
-        "teacher", "seed", "output_dir", "strategy", "mixed_precision", "train_examples",
-        "validation_fraction", "overwrite",
+        "initial_weights_teach", "teacher", "seed", "output_dir", "strategy", "mixed_precision",
+        "train_examples", "validation_fraction", "overwrite",
     ]
     return ExperimentConfig(**{name: FLAGS[name].value for name in names})
 

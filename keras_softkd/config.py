@@ -24,12 +24,14 @@ METHOD_PARAMETERS = {
     "lsr": ("alpha",),
     "lsrkd": ("alpha", "temperature"),
     "lsrkd_tc": ("alpha", "temperature", "gamma"),
-    "mrkd": ("alpha", "temperature", "copies", "kappa"),
-    "mrkd_tc": ("alpha", "temperature", "gamma", "copies", "kappa"),
+    "mrkd": ("alpha", "temperature", "copies", "kappa", "initial_weights_teach"),
+    "mrkd_tc": ("alpha", "temperature", "gamma", "copies", "kappa", "initial_weights_teach"),
     "pseudo_kd": ("alpha", "beta"),
     "kd": ("alpha", "temperature", "teacher"),
 }
-METHOD_HYPERPARAMETERS = ("alpha", "temperature", "gamma", "beta", "copies", "kappa", "teacher")
+METHOD_HYPERPARAMETERS = (
+    "alpha", "temperature", "gamma", "beta", "copies", "kappa", "initial_weights_teach", "teacher",
+)
 
 
 class UsageError(ValueError):
@@ -44,10 +46,16 @@ def method_defaults(method: str, dataset: str, epochs: int) -> dict:
 
     Example:
         >>> method_defaults("mrkd_tc", "cifar100", 200)
-        {'alpha': 0.25, 'temperature': 3.0, 'copies': 3, 'kappa': 25.0, 'gamma': 0.25}
+        {'alpha': 0.25, 'temperature': 3.0, 'copies': 3, 'kappa': 25.0, 'initial_weights_teach': False, 'gamma': 0.25}
     """
     cifar100 = dataset == "cifar100"
-    mrkd = {"alpha": 0.25 if cifar100 else 0.1, "temperature": 3.0, "copies": 3, "kappa": epochs / 8}
+    mrkd = {
+        "alpha": 0.25 if cifar100 else 0.1,
+        "temperature": 3.0,
+        "copies": 3,
+        "kappa": epochs / 8,
+        "initial_weights_teach": False,
+    }
     table = {
         "ce": {},
         "lsr": {"alpha": 0.1},
@@ -82,6 +90,7 @@ class ExperimentConfig:
     beta: Optional[float] = None
     copies: Optional[int] = None
     kappa: Optional[float] = None
+    initial_weights_teach: Optional[bool] = None
     teacher: Optional[str] = None
     seed: int = 0
     strategy: str = "auto"
@@ -131,6 +140,11 @@ class ExperimentConfig:
             _integer_at_least("copies", values["copies"], 1)
         if "kappa" in values:
             _number_in("kappa", values["kappa"], 0.0, math.inf, low_open=True)
+        if "initial_weights_teach" in values and not isinstance(values["initial_weights_teach"], bool):
+            raise UsageError(
+                "--initial_weights_teach must be true or false; got "
+                f"{values['initial_weights_teach']!r}."
+            )
         if self.method == "kd" and not values.get("teacher"):
             raise UsageError("--method=kd needs --teacher, a .keras file of a trained model.")
         # Flagfiles name output folders with {method} and {seed}: one preset, many runs.
@@ -142,7 +156,8 @@ class ExperimentConfig:
     def hyperparameters(self) -> dict:
         """The hyper-parameters recorded in ``results.json``."""
         names = (
-            "alpha", "temperature", "gamma", "beta", "copies", "kappa", "teacher", "lr",
+            "alpha", "temperature", "gamma", "beta", "copies", "kappa", "initial_weights_teach",
+            "teacher", "lr",
             "lr_schedule", "weight_decay", "momentum", "batch_size", "train_examples",
             "validation_fraction", "mixed_precision", "strategy",
         )

@@ -12,9 +12,20 @@ only say where the teacher logits come from:
 
 Because the loss lives in ``compute_loss``, Keras's own ``train_step`` and
 ``test_step`` do the rest: ``fit``, ``evaluate``, callbacks, mixed precision
-(loss scaling) and metrics work as for a plain model. ``evaluate`` reports the
-same distillation loss as ``fit``; use metrics (accuracy, cross-entropy) for
-the student alone.
+(loss scaling) and metrics work as for a plain model.
+
+* **Training** (``fit``): the distillation loss, and the teacher diagnostics in
+  the logs (so in ``history.csv``, TensorBoard and the progress line):
+  ``teacher_accuracy`` (the teachers' top-1 accuracy on the training batches),
+  ``teacher_top_probability`` (their mean top probability at the distillation
+  temperature, before any teacher correction), and for MrKD
+  ``teaching_copies`` (how many copies teach, averaged over the epoch's steps).
+  They come from the teacher logits the step computes anyway: no extra
+  forward pass. An epoch in which no teacher taught reports NaN for the first
+  two.
+* **Evaluation** (``evaluate``, the per-epoch validation): the student alone,
+  at the student's cost: its cross-entropy is the loss (so ``val_loss`` is the
+  NLL that methods are compared on) and no teacher runs.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from typing import Optional
 import keras
 from keras import ops
 
+from keras_softkd import _checks, losses
 from keras_softkd.losses import KDLoss
 
 
@@ -58,6 +70,12 @@ class Distiller(keras.Model):
         self.distillation_loss = KDLoss(
             alpha=alpha, temperature=temperature, gamma=gamma, temperature_power=temperature_power
         )
+        # Evaluation: the student's cross-entropy (LSR with a = 0 is CE(p, q(1)); integer or
+        # one-hot labels), reduced as Keras reduces any loss (sample weights, replicas).
+        self.student_loss = losses.LSRLoss(alpha=0.0, name="cross_entropy")
+        self.teacher_accuracy = MeanOrNaN(name="teacher_accuracy")
+        self.teacher_top_probability = MeanOrNaN(name="teacher_top_probability")
+        self._evaluating = False
 
     @property
     def student(self) -> keras.Model:
@@ -70,6 +88,13 @@ class Distiller(keras.Model):
     def teacher_logits(self, inputs):
         """Logits of the teachers on ``inputs``: ``(batch, K)`` or ``(n, batch, K)``."""
         raise NotImplementedError
+
+    def teaching(self):
+        """How many teachers teach at this step (the first ``m``), or ``None`` for all."""
+        return None
+
+    def _teacher_metrics(self) -> list:
+        return [self.teacher_accuracy, self.teacher_top_probability]
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
         if loss is not None:
@@ -86,11 +111,57 @@ class Distiller(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        targets = {"labels": y, "teacher_logits": ops.stop_gradient(self.teacher_logits(x))}
-        loss = self.distillation_loss(targets, y_pred, sample_weight)
+        """Training: the distillation loss (and the teacher diagnostics). Evaluation:
+        the student's cross-entropy, without running any teacher."""
+        if training:
+            teacher = ops.stop_gradient(self.teacher_logits(x))
+            teaching = self.teaching()
+            self._update_teacher_metrics(y, teacher, teaching, sample_weight)
+            targets = {"labels": y, "teacher_logits": teacher}
+            if teaching is not None:
+                targets["teaching"] = teaching
+            loss = self.distillation_loss(targets, y_pred, sample_weight)
+        else:
+            loss = self.student_loss(y, y_pred, sample_weight)
         for extra in self.losses:  # the student's regularisation losses, if any
             loss = loss + self._aggregate_additional_loss(extra)
         return loss
+
+    def _update_teacher_metrics(self, labels, teacher_logits, teaching, sample_weight):
+        """Top-1 accuracy and mean top probability at ``t`` of the teachers that teach."""
+        logits = ops.cast(teacher_logits, "float32")
+        if len(logits.shape) == 2:
+            logits = logits[None]
+        num_teachers = logits.shape[0]
+        one_hot, _ = _checks.one_hot_labels(labels, logits[0])
+        correct = ops.cast(
+            ops.equal(ops.argmax(logits, axis=-1), ops.argmax(one_hot, axis=-1)[None]), "float32"
+        )
+        temperature = self.distillation_loss.temperature
+        top = ops.exp(ops.max(ops.log_softmax(logits / temperature, axis=-1), axis=-1))
+        weight = ops.ones_like(correct)
+        if teaching is not None:
+            used = ops.arange(num_teachers, dtype="float32") < ops.cast(teaching, "float32")
+            weight = weight * ops.cast(used, "float32")[:, None]
+        if sample_weight is not None:
+            weight = weight * ops.cast(ops.reshape(sample_weight, (1, -1)), "float32")
+        self.teacher_accuracy.update_state(correct, sample_weight=weight)
+        self.teacher_top_probability.update_state(top, sample_weight=weight)
+
+    def test_step(self, *args):
+        """Keras's own ``test_step``; the teacher diagnostics stay out of its logs."""
+        self._evaluating = True
+        try:
+            return super().test_step(*args)
+        finally:
+            self._evaluating = False
+
+    def get_metrics_result(self):
+        logs = super().get_metrics_result()
+        if self._evaluating:  # no teacher ran: leave them out of val_* and evaluate()
+            for metric in self._teacher_metrics():
+                logs.pop(metric.name, None)
+        return logs
 
     def get_config(self):
         loss = self.distillation_loss
@@ -102,6 +173,19 @@ class Distiller(keras.Model):
             "gamma": loss.gamma,
             "temperature_power": loss.temperature_power,
         }
+
+
+class MeanOrNaN(keras.metrics.Mean):
+    """``keras.metrics.Mean``, but NaN (not 0) when nothing was counted.
+
+    An epoch in which no teacher taught has no teacher accuracy; 0 would read
+    as a teacher that is always wrong.
+    """
+
+    def result(self):
+        return ops.where(
+            self.count > 0, self.total / ops.maximum(self.count, 1e-12), float("nan")
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")

@@ -183,6 +183,7 @@ def build_trainer(config: ExperimentConfig, num_classes: int, steps_per_epoch: i
         trainer = MrKDModel(
             student, copies=config.copies, interval=config.interval_steps(steps_per_epoch),
             alpha=config.alpha, temperature=config.temperature, gamma=config.gamma,
+            initial_weights_teach=config.initial_weights_teach,
         )
     elif method == "kd":
         trainer = KDModel(

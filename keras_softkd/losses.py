@@ -112,16 +112,26 @@ def _same_dtype(x, like):
     return x if x.dtype == like.dtype else ops.cast(x, like.dtype)
 
 
-def _distillation(one_hot, logits, teacher_log_probs, alpha, temperature, power):
+def _distillation(one_hot, logits, teacher_log_probs, alpha, temperature, power, teaching=None):
     """``(1-a) CE(p, q(1)) + a t^power KL(teacher || q(t))``, teacher in log space.
 
     ``teacher_log_probs`` may carry a leading axis of ``n`` teachers: their KL
-    terms are averaged (W 14).
+    terms are averaged (W 14). ``teaching`` (a scalar ``m``, or ``None`` for
+    all) keeps the first ``m`` teachers: their KL terms are averaged, the
+    others ignored (``where``, so a teacher that is not used cannot make the
+    loss NaN); with ``m = 0`` the loss is plain ``CE(p, q(1))``.
     """
     hard = cross_entropy(one_hot, logits)
     student = ops.log_softmax(logits / temperature, axis=-1)
     kl = kl_divergence(teacher_log_probs, student)
-    if len(kl.shape) == 2:  # (n, batch): n teachers
+    if teaching is not None:
+        teaching = ops.cast(teaching, "float32")
+        if len(kl.shape) == 1:
+            kl = kl[None]
+        used = ops.arange(kl.shape[0], dtype="float32")[:, None] < teaching
+        kl = ops.sum(ops.where(used, kl, 0.0), axis=0) / ops.maximum(teaching, 1.0)
+        alpha = ops.where(teaching > 0, alpha, 0.0)
+    elif len(kl.shape) == 2:  # (n, batch): n teachers
         kl = ops.mean(kl, axis=0)
     return (1.0 - alpha) * hard + alpha * temperature**power * kl
 
@@ -224,6 +234,7 @@ def kd(
     temperature: float,
     gamma: Optional[float] = None,
     temperature_power: Optional[float] = None,
+    teaching=None,
 ) -> "Tensor":  # noqa: F821
     """Distillation from teacher logits: Hinton KD (W 4), MrKD (W 13, 14), MrKD-TC (W 16, 17).
 
@@ -243,6 +254,11 @@ def kd(
         temperature: ``t > 0``.
         gamma: teacher correction in ``[0, 1]``, or ``None``.
         temperature_power: exponent of ``t``; ``None`` for the paper's default.
+        teaching: how many teachers teach, ``m`` (a scalar, may be a tensor):
+            the first ``m`` of the ``n``; their KL terms are averaged, and with
+            ``m = 0`` the loss is plain ``CE(p, q(1))``. ``None``: all of them.
+            :class:`keras_softkd.MrKDModel` passes the number of memory copies
+            refreshed so far.
 
     Example:
         >>> import numpy as np
@@ -267,7 +283,7 @@ def kd(
     else:
         teacher = teachers.memory_replay_correction(one_hot, teacher_logits, temperature, gamma)
         power = 1.0 if temperature_power is None else temperature_power
-    losses = _distillation(one_hot, logits, teacher, alpha, temperature, power)
+    losses = _distillation(one_hot, logits, teacher, alpha, temperature, power, teaching)
     return _checks.mark_invalid(losses, valid)
 
 
@@ -279,11 +295,15 @@ def mrkd(
     temperature: float,
     gamma: Optional[float] = None,
     temperature_power: Optional[float] = None,
+    teaching=None,
 ) -> "Tensor":  # noqa: F821
     """MrKD (W 13, 14) and, with ``gamma``, MrKD-TC (W 16, 17): :func:`kd` from memory copies.
 
     ``copy_logits`` has shape ``(n, batch, K)``: the logits of the ``n``
-    memory copies ``theta_1 .. theta_n`` on the same batch.
+    memory copies ``theta_1 .. theta_n`` on the same batch. ``teaching``: how
+    many of them (the first, most recent ``m``) teach; ``None`` for all. A copy
+    teaches once it has been refreshed (docs/METHODS.md): with ``m = 0``, before
+    the first refresh, the loss is plain cross-entropy.
 
     Example:
         >>> import numpy as np
@@ -292,7 +312,7 @@ def mrkd(
         >>> round(float(losses.mrkd(np.array([0]), z, copies, alpha=0.1, temperature=3.0)[0]), 4)
         0.1447
     """
-    return kd(labels, logits, copy_logits, alpha, temperature, gamma, temperature_power)
+    return kd(labels, logits, copy_logits, alpha, temperature, gamma, temperature_power, teaching)
 
 
 def pseudo_kd(labels, logits, alpha: float, beta: float) -> "Tensor":  # noqa: F821
@@ -445,10 +465,11 @@ class KDLoss(keras.losses.Loss):
         self.temperature_power = None if temperature_power is None else float(temperature_power)
 
     def call(self, y_true, y_pred):
-        if not isinstance(y_true, dict) or set(y_true) != {"labels", "teacher_logits"}:
+        keys = set(y_true) if isinstance(y_true, dict) else set()
+        if not {"labels", "teacher_logits"} <= keys <= {"labels", "teacher_logits", "teaching"}:
             raise ValueError(
-                "KDLoss expects y_true = {'labels': ..., 'teacher_logits': ...}; got "
-                f"{type(y_true).__name__}."
+                "KDLoss expects y_true = {'labels': ..., 'teacher_logits': ...} (and optionally "
+                f"'teaching': how many teachers teach); got {sorted(keys) or type(y_true).__name__}."
             )
         return kd(
             y_true["labels"],
@@ -458,6 +479,7 @@ class KDLoss(keras.losses.Loss):
             self.temperature,
             self.gamma,
             self.temperature_power,
+            y_true.get("teaching"),
         )
 
     def get_config(self):

@@ -9,6 +9,22 @@ The student learns from ``n`` copies of itself taken every ``kappa`` steps::
         loss = (1-a) CE(p, q(1)) + a t^2 (1/n) sum_i KL(qhat_i(t) || q(t))     (W 13, 14)
         theta := theta - lr * grad(loss)
 
+**A copy teaches once it remembers something** (docs/METHODS.md, decision).
+The copies start equal to the student's initial weights and run in inference
+mode, where an untrained network's BatchNorm (moving mean 0, variance 1) does
+not normalise: through a deep residual stack the activations grow, and the
+initial weights predict one class for every image (ResNet-110: logits up to
+1e8 on real CIFAR-10 images). Taken literally, Algorithm 1 distils that
+one-class teacher until each copy's first refresh (the first ``kappa`` steps
+for all ``n`` copies, ``2 kappa`` for ``n - 1`` ...). So the distillation term
+averages over the ``m = min(n, floor(t / kappa))`` copies refreshed by step
+``t`` (copy ``i`` holds the student of step ``i``-th-last refresh, so these are
+``theta_1 .. theta_m``), and with ``m = 0`` the loss is plain cross-entropy.
+``m`` is a function of the saved step counter, hence exact under every
+setting below, and a copy that does not teach is not run (a ``cond`` on the
+device). ``initial_weights_teach=True`` restores the literal reading (every
+copy teaches from step 1) for ablations.
+
 How the algorithm maps onto Keras:
 
 * The copies are non-trainable variables of :class:`MrKDModel`, one per
@@ -65,20 +81,34 @@ def _counter_dtype() -> str:
 class MrKDModel(Distiller):
     """Wraps a classifier for memory-replay self-distillation (W Algorithm 1).
 
-    Loss: ``(1-a) CE(p, q(1)) + a t^2 (1/n) sum_i KL(qhat_i(t) || q(t))``
-    (W 13, 14), or with ``gamma`` MrKD-TC: each copy's distribution corrected
-    to ``gamma`` on the true class (W 16) and the KL term scaled by ``t`` (W 17).
+    Loss: ``(1-a) CE(p, q(1)) + a t^2 (1/m) sum_(i<=m) KL(qhat_i(t) || q(t))``
+    (W 13, 14) over the ``m = min(n, floor(t / kappa))`` copies refreshed so
+    far, plain ``CE(p, q(1))`` while ``m = 0``; with ``gamma`` MrKD-TC: each
+    copy's distribution corrected to ``gamma`` on the true class (W 16) and the
+    KL term scaled by ``t`` (W 17).
+
+    ``fit`` logs the teacher diagnostics ``teacher_accuracy``,
+    ``teacher_top_probability`` and ``teaching_copies`` per epoch (see
+    :mod:`keras_softkd.distillation`); ``evaluate`` and the validation run the
+    student alone and report its cross-entropy as the loss.
 
     Args:
         model: the student, a built ``keras.Model`` returning logits ``(batch, K)``.
         copies: ``n >= 1`` memory copies.
-        interval: ``kappa >= 1``, steps between refreshes (the command line
-            takes epochs: ``round(kappa_epochs * steps_per_epoch)``).
+        interval: ``kappa >= 1``, steps between refreshes; required, there is
+            no good default independent of the data set size. W's best is 25
+            epochs of a 200-epoch run (``interval = 25 * steps_per_epoch``;
+            train.py's ``--kappa`` defaults to ``epochs / 8`` epochs); a refresh
+            every step is the worst setting of W Figure 3.
         alpha: weight of the KD term, in ``[0, 1]`` (paper: 0.25 on
             CIFAR-100, 0.1 on CIFAR-10).
         temperature: ``t > 0`` (paper: 3).
         gamma: teacher correction in ``[0, 1]`` for MrKD-TC, or ``None``.
         temperature_power: exponent of ``t`` (default: the paper's).
+        initial_weights_teach: ``False`` (default): a copy teaches once it has
+            been refreshed. ``True``: Algorithm 1 read literally, every copy
+            teaches from step 1, the initial weights included (an ablation:
+            see the one-class teachers in docs/METHODS.md).
 
     Example:
         >>> import keras, numpy as np
@@ -96,16 +126,29 @@ class MrKDModel(Distiller):
         self,
         model: keras.Model,
         copies: int = 3,
-        interval: int = 1,
+        interval: Optional[int] = None,
         alpha: float = 0.1,
         temperature: float = 3.0,
         gamma: Optional[float] = None,
         temperature_power: Optional[float] = None,
+        initial_weights_teach: bool = False,
         **kwargs,
     ):
         super().__init__(model, alpha, temperature, gamma, temperature_power, **kwargs)
         self.copies = _checks.positive_int("copies", copies)
+        if interval is None:
+            raise ValueError(
+                "MrKDModel needs `interval` (kappa, the steps between refreshes): W's best is "
+                "25 epochs of a 200-epoch run, interval = 25 * steps_per_epoch; a refresh "
+                "every step (interval=1) is the worst setting of W Figure 3."
+            )
         self.interval = _checks.positive_int("interval", interval)
+        if not isinstance(initial_weights_teach, bool):
+            raise ValueError(
+                f"`initial_weights_teach` must be True or False; got {initial_weights_teach!r}."
+            )
+        self.initial_weights_teach = initial_weights_teach
+        self.teaching_copies = keras.metrics.Mean(name="teaching_copies")
         if not model.built:
             raise ValueError(
                 "MrKDModel needs a built `model` (its weights are copied): give it an "
@@ -184,20 +227,62 @@ class MrKDModel(Distiller):
             run_once_across_replicas(self._start_step)
         return super().train_step(*args)
 
+    def teaching(self):
+        """``m``, how many copies teach at step ``t`` (the counter): ``min(n, floor(t / kappa))``,
+        the copies refreshed so far; ``n`` with ``initial_weights_teach``."""
+        if self.initial_weights_teach:
+            return ops.convert_to_tensor(self.copies, dtype=self.step.dtype)
+        return ops.minimum(ops.floor_divide(self.step, self.interval), self.copies)
+
+    def _teacher_metrics(self) -> list:
+        return [*super()._teacher_metrics(), self.teaching_copies]
+
+    def _update_teacher_metrics(self, labels, teacher_logits, teaching, sample_weight):
+        super()._update_teacher_metrics(labels, teacher_logits, teaching, sample_weight)
+        self.teaching_copies.update_state(ops.cast(teaching, "float32"))
+
     def teacher_logits(self, inputs):
-        """Logits of the ``n`` copies, ``(n, batch, K)``, each in inference mode."""
+        """Logits of the ``n`` copies, ``(n, batch, K)`` in float32, each in inference mode.
+
+        A copy that does not teach yet (see :meth:`teaching`) is not run: its
+        logits are zeros, which the loss ignores.
+        """
+        teaching = None if self.initial_weights_teach else self.teaching()
+        batch = ops.shape(keras.tree.flatten(inputs)[0])[0]
+        num_classes = self.model.output_shape[-1]
         outputs = []
-        for weights in self.memory:
-            logits, _ = self.model.stateless_call(
-                weights[: self._num_trainable], weights[self._num_trainable :], inputs, training=False
-            )
-            outputs.append(logits)
+        for index, weights in enumerate(self.memory):
+
+            def forward(weights=weights):
+                logits, _ = self.model.stateless_call(
+                    weights[: self._num_trainable],
+                    weights[self._num_trainable :],
+                    inputs,
+                    training=False,
+                )
+                return ops.cast(logits, "float32")
+
+            if teaching is None:
+                outputs.append(forward())
+            else:
+                outputs.append(
+                    ops.cond(
+                        teaching > index,
+                        forward,
+                        lambda: ops.zeros((batch, num_classes), dtype="float32"),
+                    )
+                )
         return ops.stack(outputs)
 
     # -- saving ----------------------------------------------------------------
 
     def get_config(self):
-        return {**super().get_config(), "copies": self.copies, "interval": self.interval}
+        return {
+            **super().get_config(),
+            "copies": self.copies,
+            "interval": self.interval,
+            "initial_weights_teach": self.initial_weights_teach,
+        }
 
     @classmethod
     def from_config(cls, config):

@@ -247,7 +247,7 @@ def test_copies_hold_batchnorm_statistics_and_start_at_initial_weights():
 
 def test_copies_run_in_inference_mode_without_gradient():
     student = make_student("plain")
-    mrkd = MrKDModel(student, copies=3, interval=5)
+    mrkd = MrKDModel(student, copies=3, interval=5, initial_weights_teach=True)
     x, _ = data()
     teacher = to_numpy(mrkd.teacher_logits(x))
     assert tuple(teacher.shape) == (3, len(x), 3)
@@ -276,10 +276,18 @@ def test_loss_is_the_mrkd_function_of_the_copies(gamma):
     mrkd = MrKDModel(student, copies=2, interval=3, alpha=0.25, temperature=3.0, gamma=gamma)
     mrkd.compile(optimizer="sgd")
     x, y = data()
-    mrkd.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
-    expected = losses.mrkd(y, student(x, training=False), mrkd.teacher_logits(x), 0.25, 3.0, gamma)
+    mrkd.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)  # 8 steps: m = 2
+    sync(mrkd)
+    assert int(to_numpy(mrkd.teaching())) == 2
+    logits = student(x, training=False)
+    expected = losses.mrkd(y, logits, mrkd.teacher_logits(x), 0.25, 3.0, gamma)
+    got = mrkd.compute_loss(x=x, y=y, y_pred=logits, training=True)
+    np.testing.assert_allclose(to_numpy(got), np.mean(to_numpy(expected)), rtol=1e-5)
+    # evaluate() runs the student alone: its cross-entropy, not the distillation loss.
     np.testing.assert_allclose(
-        mrkd.evaluate(x, y, batch_size=len(x), verbose=0), np.mean(to_numpy(expected)), rtol=1e-5
+        mrkd.evaluate(x, y, batch_size=len(x), verbose=0),
+        np.mean(to_numpy(losses.ce(y, logits))),
+        rtol=1e-5,
     )
 
 
@@ -319,7 +327,13 @@ def test_kd_model_distils_from_a_frozen_teacher():
     for a, b in zip(teacher_weights, teacher.get_weights()):
         np.testing.assert_array_equal(a, b)  # never trained, BN statistics untouched
     expected = to_numpy(losses.kd(y, student(x), teacher(x, training=False), 0.9, 4.0))
-    np.testing.assert_allclose(kd_model.evaluate(x, y, batch_size=len(x), verbose=0), np.mean(expected), rtol=1e-5)
+    got = kd_model.compute_loss(x=x, y=y, y_pred=student(x), training=True)
+    np.testing.assert_allclose(to_numpy(got), np.mean(expected), rtol=1e-5)
+    np.testing.assert_allclose(
+        kd_model.evaluate(x, y, batch_size=len(x), verbose=0),
+        np.mean(to_numpy(losses.ce(y, student(x)))),
+        rtol=1e-5,
+    )
 
 
 @pytest.mark.parametrize(
@@ -331,11 +345,13 @@ def test_kd_model_distils_from_a_frozen_teacher():
         ({"alpha": 1.5}, "alpha"),
         ({"temperature": 0.0}, "temperature"),
         ({"gamma": -0.1}, "gamma"),
+        ({"interval": None}, "interval.*W Figure 3"),
+        ({"initial_weights_teach": 1}, "initial_weights_teach"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        MrKDModel(make_student(), **kwargs)
+        MrKDModel(make_student(), **{"interval": 2, **kwargs})
 
 
 def test_unbuilt_model_and_compile_loss_are_refused():
@@ -348,9 +364,9 @@ def test_unbuilt_model_and_compile_loss_are_refused():
             return self.dense(x)
 
     with pytest.raises(ValueError, match="built"):
-        MrKDModel(Net())
+        MrKDModel(Net(), interval=2)
     with pytest.raises(ValueError, match="loss"):
-        MrKDModel(make_student()).compile(optimizer="sgd", loss="mse")
+        MrKDModel(make_student(), interval=2).compile(optimizer="sgd", loss="mse")
 
 
 RESUME_SCRIPT = textwrap.dedent(
