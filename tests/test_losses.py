@@ -224,6 +224,37 @@ METHODS = {
         lambda y, z, zt: losses.mrkd(y, z, zt, alpha=0.25, temperature=3.0, gamma=0.25),
         lambda p, z, zt: ref_distill(p, z, _mr_tc(p, zt, 3.0, 0.25), 0.25, 3.0, 1),
     ),
+    # Only the first m of n = 3 copies teach (those refreshed so far); m = 0 is plain CE.
+    # The copies that do not teach hold other logits, which must not matter.
+    "mrkd_n3_m0": Method(
+        3,
+        lambda y, z, zt: losses.mrkd(y, z, zt, alpha=0.25, temperature=3.0, teaching=0),
+        lambda p, z, zt: ref_ce(p, z),
+    ),
+    "mrkd_n3_m2": Method(
+        3,
+        lambda y, z, zt: losses.mrkd(y, z, zt, alpha=0.25, temperature=3.0, teaching=2),
+        lambda p, z, zt: ref_distill(p, z, _mr(zt[:2], 3.0), 0.25, 3.0, 2),
+    ),
+    "mrkd_tc_n3_m0": Method(
+        3,
+        lambda y, z, zt: losses.mrkd(
+            y, z, zt, alpha=0.25, temperature=3.0, gamma=0.25, teaching=ops.convert_to_tensor(0)
+        ),
+        lambda p, z, zt: ref_ce(p, z),
+    ),
+    "mrkd_tc_n3_m1": Method(
+        3,
+        lambda y, z, zt: losses.mrkd(
+            y, z, zt, alpha=0.25, temperature=3.0, gamma=0.25, teaching=ops.convert_to_tensor(1)
+        ),
+        lambda p, z, zt: ref_distill(p, z, _mr_tc(p, zt[:1], 3.0, 0.25), 0.25, 3.0, 1),
+    ),
+    "kd_m0": Method(
+        1,
+        lambda y, z, zt: losses.kd(y, z, zt[0], alpha=0.9, temperature=4.0, teaching=0),
+        lambda p, z, zt: ref_ce(p, z),
+    ),
     "pseudo_kd": Method(
         0,
         lambda y, z, zt: losses.pseudo_kd(y, z, alpha=0.2, beta=1.5),
@@ -544,6 +575,25 @@ def test_loss_class_is_batch_mean_of_function(name, case):
 def test_kd_loss_rejects_plain_labels():
     with pytest.raises(ValueError, match="teacher_logits"):
         losses.KDLoss()(np.array([0, 1]), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="teaching"):
+        losses.KDLoss()({"labels": np.array([0]), "teacher_logits": np.zeros((1, 3)), "n": 1},
+                        np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("gamma", [None, 0.25])
+def test_kd_loss_class_passes_how_many_teach(gamma):
+    y, z, zt = make_case("random", 10, 3, seed=4)
+    for m in range(4):
+        loss = losses.KDLoss(alpha=0.25, temperature=3.0, gamma=gamma)
+        got = to_numpy(loss({"labels": y, "teacher_logits": zt, "teaching": m}, z))
+        want = np.mean(to_numpy(losses.mrkd(y, z, zt, 0.25, 3.0, gamma, teaching=m)))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # m = 3 of 3 is every teacher: the loss without `teaching`.
+    np.testing.assert_allclose(
+        to_numpy(losses.mrkd(y, z, zt, 0.25, 3.0, gamma, teaching=3)),
+        to_numpy(losses.mrkd(y, z, zt, 0.25, 3.0, gamma)),
+        rtol=1e-6,
+    )
 
 
 # ==========================================================================

@@ -485,3 +485,136 @@ def test_resume_in_process_matches_uninterrupted_run(tmp_path):
     assert len(full) == len(resumed)
     for i, (a, b) in enumerate(zip(full, resumed)):
         np.testing.assert_array_equal(a, b, err_msg=f"variable {i}")
+
+
+# --------------------------------------------------------------------------
+# Which copies teach, and the teacher diagnostics in fit's logs
+# --------------------------------------------------------------------------
+
+
+def teaching_reference(steps: int, copies: int, interval: int) -> list[int]:
+    """m(t) for t = 1..steps: the copies refreshed by step t, min(n, floor(t / kappa))."""
+    return [min(copies, t // interval) for t in range(1, steps + 1)]
+
+
+@pytest.mark.parametrize(
+    "compile_kwargs",
+    [{}, {"steps_per_execution": 3}, {"run_eagerly": True}],
+    ids=["one_step", "steps_per_execution", "eager"],
+)
+def test_teaching_copies_follow_the_step_counter(compile_kwargs):
+    if BACKEND == "torch" and "steps_per_execution" in compile_kwargs:
+        pytest.skip("PyTorch backend: steps_per_execution must be 1")
+    copies, interval, epochs = 3, 3, 3
+    mrkd, _ = train(copies, interval, epochs=epochs, **compile_kwargs)
+    history = mrkd.history.history
+    m = np.array(teaching_reference(epochs * STEPS_PER_EPOCH, copies, interval), float)
+    per_epoch = m.reshape(epochs, STEPS_PER_EPOCH).mean(axis=1)  # 0.25, 1.75, 3.0
+    np.testing.assert_allclose(history["teaching_copies"], per_epoch, rtol=1e-6)
+    assert "val_teaching_copies" not in history
+
+
+def test_no_copy_teaches_before_the_first_refresh():
+    """Steps 1 .. kappa-1: the loss and the update are cross-entropy's, exactly."""
+    x, y = data()
+    student = make_student("plain")
+    plain = keras.models.clone_model(student)
+    plain.set_weights(student.get_weights())
+    mrkd = MrKDModel(student, copies=2, interval=STEPS_PER_EPOCH + 1, alpha=0.5, temperature=2.0)
+    mrkd.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    plain.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=losses.LSRLoss(alpha=0.0),  # CE(p, q(1))
+    )
+    got = mrkd.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0).history
+    want = plain.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0).history
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+    sync(mrkd)
+    for a, b in zip(student.weights, plain.weights):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5)
+    assert got["teaching_copies"] == [0.0]
+    assert np.isnan(got["teacher_accuracy"][0]) and np.isnan(got["teacher_top_probability"][0])
+
+
+def test_initial_weights_teach_distils_from_step_one():
+    x, y = data()
+    literal = MrKDModel(
+        make_student("plain"), copies=2, interval=100, alpha=0.5, temperature=2.0,
+        initial_weights_teach=True,
+    )
+    literal.compile(optimizer=keras.optimizers.SGD(0.1))
+    history = literal.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0).history
+    assert history["teaching_copies"] == [2.0]
+    assert 0.0 <= history["teacher_accuracy"][0] <= 1.0
+    # The loss of its first step is the distillation loss from the initial weights.
+    again = MrKDModel(
+        make_student("plain"), copies=2, interval=100, alpha=0.5, temperature=2.0,
+        initial_weights_teach=True,
+    )
+    logits = again.student(x[:BATCH], training=True)
+    want = losses.mrkd(y[:BATCH], logits, again.teacher_logits(x[:BATCH]), 0.5, 2.0)
+    got = again.compute_loss(x=x[:BATCH], y=y[:BATCH], y_pred=logits, training=True)
+    np.testing.assert_allclose(to_numpy(got), np.mean(to_numpy(want)), rtol=1e-5)
+    assert not np.allclose(to_numpy(got), np.mean(to_numpy(losses.ce(y[:BATCH], logits))))
+
+
+def test_teacher_diagnostics_are_the_teaching_copies_statistics():
+    """teacher_accuracy and teacher_top_probability over an epoch equal NumPy's, computed
+    from the copies that teach at each step (recorded batch by batch)."""
+    x, y = data()
+    copies, interval, temperature = 2, 3, 2.0
+    mrkd = MrKDModel(make_student("plain"), copies=copies, interval=interval, alpha=0.5,
+                     temperature=temperature)
+    mrkd.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    mrkd.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)  # steps 1-4, m = 0,0,1,1
+
+    seen = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            sync(mrkd)
+            seen.append([[to_numpy(v) for v in copy] for copy in mrkd.memory])
+
+    history = mrkd.fit(
+        x, y, batch_size=BATCH, initial_epoch=1, epochs=2, shuffle=False, verbose=0,
+        callbacks=[Snapshot()],
+    ).history
+    # Steps 5-8 (m = 1, 2, 2, 2): the copies at a step are those after its refresh; the
+    # refresh before step 6 happens inside that step, so take them from the next snapshot.
+    sync(mrkd)
+    after = seen[1:] + [[[to_numpy(v) for v in copy] for copy in mrkd.memory]]
+    correct, top = [], []
+    for step, (t, memory) in enumerate(zip(range(5, 9), after)):
+        batch = slice(step * BATCH, (step + 1) * BATCH)
+        m = min(copies, t // interval)
+        for i in range(m):
+            values = memory[i]
+            n_train = len(mrkd.student.trainable_variables)
+            logits, _ = mrkd.student.stateless_call(values[:n_train], values[n_train:], x[batch])
+            logits = to_numpy(logits).astype(np.float64)
+            correct.extend(np.argmax(logits, -1) == y[batch])
+            scaled = logits / temperature
+            scaled -= scaled.max(-1, keepdims=True)
+            top.extend(1.0 / np.exp(scaled).sum(-1))
+    np.testing.assert_allclose(history["teacher_accuracy"], [np.mean(correct)], rtol=1e-5)
+    np.testing.assert_allclose(history["teacher_top_probability"], [np.mean(top)], rtol=1e-4)
+    np.testing.assert_allclose(history["teaching_copies"], [7 / 4], rtol=1e-6)
+
+
+def test_a_degenerate_teacher_shows_in_the_diagnostics():
+    """A KD teacher that puts everything on class 0: its accuracy is the share of class 0
+    and its top probability 1, in fit's logs; evaluation reports the student alone."""
+    x, y = data()
+    teacher = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    teacher.set_weights([np.zeros((5, 3), "float32"), np.array([60.0, 0.0, 0.0], "float32")])
+    kd_model = KDModel(make_student("none"), teacher=teacher, alpha=0.9, temperature=4.0)
+    kd_model.compile(optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"])
+    history = kd_model.fit(
+        x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, validation_data=(x, y)
+    ).history
+    np.testing.assert_allclose(history["teacher_accuracy"], [np.mean(y == 0)] * 2, rtol=1e-6)
+    np.testing.assert_allclose(history["teacher_top_probability"], [1.0, 1.0], rtol=1e-5)
+    assert not any(key.startswith("val_teacher") for key in history)
+    results = kd_model.evaluate(x, y, verbose=0, return_dict=True)
+    assert set(results) == {"loss", "accuracy"}
+    assert np.mean(y == 0) < 0.5  # so the accuracy does tell this teacher from a good one

@@ -110,6 +110,18 @@ def test_build(name, num_classes):
         if isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D):
             assert not layer.use_bias
 
+    # The classifier, in every family: PyTorch's nn.Linear default, kernel and
+    # bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (bearpaw/pytorch-classification's
+    # ResNet/PreResNet and kuangliu/pytorch-cifar leave nn.Linear at it); the
+    # Torch7 references' zero bias is Layers(classifier_bias="zeros"), not used.
+    fc = model.get_layer("fc")
+    bound = 1 / math.sqrt(fc.kernel.shape[0])
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in (fc.kernel, fc.bias))
+    assert 0.9 * bound < np.abs(kernel).max() <= bound
+    assert 0 < np.abs(bias).max() <= bound
+    assert np.count_nonzero(bias) == num_classes
+    assert len(np.unique(bias)) > num_classes // 2  # drawn, not a constant
+
 
 @pytest.mark.parametrize("name", SMALL)
 def test_forward_pass(small_models, name):
@@ -226,20 +238,182 @@ def test_family_options_are_passed_through():
     assert models.build("wrn16_8", 10, dropout=0.3).get_layer("stage1_unit1_dropout").rate == 0.3
 
 
-def test_initialisation_matches_pytorch_reference(small_models):
-    layers = {layer.name: layer for layer in small_models["mobilenetv2"].layers}
-    # He normal, fan-out: conv std sqrt(2 / (k*k*out)); depthwise counts the
-    # channels in the fan-out as PyTorch does.
-    kernel = keras.ops.convert_to_numpy(layers["unit17_project"].kernel)  # 1x1, 960 -> 320
-    np.testing.assert_allclose(kernel.std(), math.sqrt(2 / 320), rtol=0.05)
-    depthwise = keras.ops.convert_to_numpy(layers["unit16_depthwise"].kernel)  # 3x3, 960 ch.
-    np.testing.assert_allclose(depthwise.std(), math.sqrt(2 / (9 * 960)), rtol=0.05)
-    # PyTorch's nn.Linear default: kernel and bias in [-1/sqrt(fan_in), 1/sqrt(fan_in)].
-    bound = 1 / math.sqrt(1280)
-    kernel, bias = (keras.ops.convert_to_numpy(w) for w in (layers["fc"].kernel, layers["fc"].bias))
-    assert 0.99 * bound < np.abs(kernel).max() <= bound
-    np.testing.assert_allclose(kernel.std(), bound / math.sqrt(3), rtol=0.05)
-    assert 0 < np.abs(bias).max() <= bound
+# The networks of kuangliu/pytorch-cifar set no initialisation of their own
+# (models/mobilenetv2.py, shufflenetv2.py, resnet.py; main.py calls none), so
+# PyTorch's defaults apply: every nn.Conv2d and nn.Linear weight and bias
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in_channels / groups * kh * kw.
+PYTORCH_DEFAULT_INIT = ["mobilenetv2", "shufflenetv2", "resnet18", "resnet50", "resnet101"]
+
+
+def pytorch_fan_in(layer) -> int:
+    """PyTorch's fan-in of the equivalent nn.Conv2d / nn.Linear, from the layer's config."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):  # nn.Conv2d(c, c, k, groups=c)
+        return math.prod(layer.kernel_size)
+    if isinstance(layer, keras.layers.Conv2D):
+        return math.prod(layer.kernel_size) * layer.input.shape[-1] // layer.groups
+    return layer.input.shape[-1]  # Dense
+
+
+def pytorch_default_violations(model: keras.Model) -> list[str]:
+    """Where a conv/dense weight does not look like PyTorch's default init.
+
+    Every value within +-1/sqrt(fan_in); for weights of >= 1000 values the
+    standard deviation within 10% of the uniform's bound / sqrt(3) (its
+    sampling error is about 0.45 / sqrt(n), under 1.5%) and the largest value
+    above 0.95 bound.
+    """
+    problems = []
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D
+                          | keras.layers.Dense):
+            continue
+        bound = 1 / math.sqrt(pytorch_fan_in(layer))
+        weights = [("kernel", layer.kernel)] + ([("bias", layer.bias)] if layer.use_bias else [])
+        for kind, weight in weights:
+            values = keras.ops.convert_to_numpy(weight).astype("float64")
+            top = np.abs(values).max()
+            if top > bound * (1 + 1e-6):
+                problems.append(f"{layer.name}.{kind}: max |w| {top:.4g} > bound {bound:.4g}")
+            if values.size >= 1000 and (
+                abs(values.std() / (bound / math.sqrt(3)) - 1) > 0.1 or top < 0.95 * bound
+            ):
+                problems.append(f"{layer.name}.{kind}: std {values.std():.4g} (uniform: "
+                                f"{bound / math.sqrt(3):.4g}), max |w| {top:.4g}")
+    return problems
+
+
+@pytest.mark.parametrize("name", PYTORCH_DEFAULT_INIT)
+def test_pytorch_cifar_networks_start_as_pytorch_defaults(name):
+    model = models.build(name, 100)
+    assert pytorch_default_violations(model) == []
+    checked = [layer for layer in model.layers
+               if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)]
+    assert len(checked) > 20
+    # Convs are bias-free as in the reference (bias=False); the classifier has a
+    # uniform bias, BatchNorm gamma 1, beta 0.
+    assert all(not layer.use_bias for layer in checked if isinstance(layer, keras.layers.Conv2D))
+    bias = keras.ops.convert_to_numpy(model.get_layer("fc").bias)
+    assert 0 < np.abs(bias).max() <= 1 / math.sqrt(model.get_layer("fc").kernel.shape[0])
+    for layer in batch_norm_layers(model):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.gamma), 1.0)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.beta), 0.0)
+
+
+def test_pytorch_default_check_fails_for_he_normal(monkeypatch):
+    """The statistics test tells the old init (He-normal, fan-out) from PyTorch's."""
+    from keras_softkd.models import mobilenetv2
+
+    monkeypatch.setattr(mobilenetv2, "Layers",
+                        lambda synchronized_batchnorm, conv_init: Layers(synchronized_batchnorm))
+    problems = pytorch_default_violations(models.build("mobilenetv2", 10))
+    # Every conv but none of the classifier: He fan-out's std sqrt(2 / (k k out)) is
+    # not 1 / sqrt(3 k k in / groups) anywhere in MobileNetV2.
+    assert {p.split(".")[0] for p in problems} >= {"stem_conv", "unit1_expand", "unit16_depthwise",
+                                                   "unit17_project", "head_conv"}
+    assert not any(p.startswith("fc.") for p in problems)
+
+
+@pytest.mark.parametrize(
+    "keras_shape,depthwise,torch_layer",
+    [
+        ((3, 3, 64, 128), False, ("Conv2d", 64, 128, 3, 1)),
+        ((1, 1, 320, 1280), False, ("Conv2d", 320, 1280, 1, 1)),
+        ((3, 3, 64, 512), False, ("Conv2d", 512, 512, 3, 8)),  # grouped: in / groups = 64
+        ((3, 3, 960, 1), True, ("Conv2d", 960, 960, 3, 960)),  # depthwise: fan_in 9
+        ((1280, 100), False, ("Linear", 1280, 100)),
+    ],
+)
+def test_torch_default_uniform_matches_torch(keras_shape, depthwise, torch_layer):
+    """Same bound (PyTorch's own fan-in) and statistics as torch.nn's default init."""
+    from keras_softkd.models._layers import TorchDefaultUniform
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    if torch_layer[0] == "Conv2d":
+        _, cin, cout, k, groups = torch_layer
+        module = torch.nn.Conv2d(cin, cout, k, groups=groups, bias=True)
+    else:
+        module = torch.nn.Linear(*torch_layer[1:])
+    fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(module.weight)
+    bound = 1 / math.sqrt(fan_in)
+    initializer = TorchDefaultUniform(depthwise=depthwise, seed=0)
+    assert initializer.bound(keras_shape) == pytest.approx(bound, rel=1e-12)
+
+    ours = keras.ops.convert_to_numpy(initializer(keras_shape)).astype("float64")
+    theirs = module.weight.detach().numpy().astype("float64")
+    assert ours.size == theirs.size
+    for values in (ours, theirs):
+        assert np.abs(values).max() <= bound
+        assert np.abs(values).max() > 0.99 * bound
+        np.testing.assert_allclose(values.std(), bound / math.sqrt(3), rtol=0.05)
+    np.testing.assert_allclose(ours.std(), theirs.std(), rtol=0.05)
+    # The bias: PyTorch draws it from the weight's bound; ours is told the fan-in.
+    bias = keras.ops.convert_to_numpy(TorchDefaultUniform(fan_in=fan_in, seed=1)((4096,)))
+    assert np.abs(bias).max() <= bound
+    assert np.abs(module.bias.detach().numpy()).max() <= bound
+    np.testing.assert_allclose(bias.std(), bound / math.sqrt(3), rtol=0.05)
+
+
+def test_torch_default_uniform_serializes(tmp_path):
+    from keras_softkd.models._layers import TorchDefaultUniform
+
+    initializer = TorchDefaultUniform(fan_in=7, depthwise=True, seed=3)
+    restored = keras.initializers.deserialize(keras.initializers.serialize(initializer))
+    assert type(restored) is TorchDefaultUniform
+    assert (restored.fan_in, restored.depthwise) == (7, True)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored((5, 3))),
+                                  keras.ops.convert_to_numpy(initializer((5, 3))))
+    x = keras.Input((8, 8, 4))
+    net = Layers(conv_init="pytorch_default")
+    y = net.classifier(net.depthwise_conv(net.conv(x, 6, 3, strides=2, name="c"), 3, name="d"), 3)
+    model = keras.Model(x, y)
+    model.save(tmp_path / "tiny.keras")
+    loaded = keras.models.load_model(tmp_path / "tiny.keras")
+    assert isinstance(loaded.get_layer("c").kernel_initializer, TorchDefaultUniform)
+    assert loaded.get_layer("d").depthwise_initializer.depthwise
+    with pytest.raises(ValueError, match="conv_init"):
+        Layers(conv_init="he_normal")
+    with pytest.raises(ValueError, match="classifier_bias"):
+        Layers(classifier_bias="ones")
+
+
+def test_classifier_bias_option():
+    """``classifier_bias="zeros"`` (the Torch7 references' FC init) stays available."""
+    x = keras.Input((4, 4, 8))
+    for option in ("pytorch_default", "zeros"):
+        fc = keras.Model(x, Layers(classifier_bias=option).classifier(x, 5)).get_layer("fc")
+        bias = keras.ops.convert_to_numpy(fc.bias)
+        kernel = keras.ops.convert_to_numpy(fc.kernel)
+        assert np.abs(kernel).max() <= 1 / math.sqrt(8)
+        if option == "zeros":
+            np.testing.assert_array_equal(bias, 0.0)
+        else:
+            assert 0 < np.abs(bias).max() <= 1 / math.sqrt(8)
+
+
+def test_preresnet164_strides_on_the_first_1x1_conv():
+    """He et al.'s resnet-pre-act.lua (KaimingHe/resnet-1k-layers), lines 43, 48, 70, 75, 82-83."""
+    model = models.build("preresnet164", 10)
+    strided = sorted(layer.name for layer in model.layers
+                     if getattr(layer, "strides", (1, 1)) != (1, 1))
+    assert strided == ["stage2_unit1_conv1", "stage2_unit1_shortcut",
+                       "stage3_unit1_conv1", "stage3_unit1_shortcut"]
+    for stage, size in (("stage2", 16), ("stage3", 8)):
+        unit = f"{stage}_unit1"
+        conv1, conv2, conv3, shortcut = (model.get_layer(f"{unit}_{part}")
+                                         for part in ("conv1", "conv2", "conv3", "shortcut"))
+        assert (conv1.kernel_size, conv1.strides) == ((1, 1), (2, 2))
+        assert (conv2.kernel_size, conv2.strides) == ((3, 3), (1, 1))
+        assert (conv3.kernel_size, conv3.strides) == ((1, 1), (1, 1))
+        assert (shortcut.kernel_size, shortcut.strides) == ((1, 1), (2, 2))
+        assert conv1.output.shape[1:3] == (size, size)
+        # One BN-ReLU feeds both branches; the shortcut is a bare conv (no BN).
+        preact = model.get_layer(f"{unit}_preact_relu").output
+        assert conv1.input is preact and shortcut.input is preact
+        assert shortcut.output in model.get_layer(f"{unit}_add").input
+    # Identity units add the raw input (no BN-ReLU on the shortcut).
+    add = model.get_layer("stage2_unit2_add")
+    assert model.get_layer("stage2_unit1_add").output in add.input
 
 
 def test_strided_conv_pads_like_pytorch():

@@ -4,9 +4,18 @@ Every network is built as its own paper defines it for 32x32 inputs, with the
 Keras functional API on ``keras.Input((32, 32, 3))`` (channels-last), and
 returns float32 logits (no softmax), also under a mixed-precision policy.
 BatchNorm uses PyTorch's constants (``momentum=0.9`` in Keras terms,
-``epsilon=1e-5``); convolutions are bias-free and He-normal (fan-out)
-initialised, the classifier as PyTorch's ``nn.Linear`` default; there are no
-kernel regularizers (weight decay is the optimizer's job). See ``_layers.py``.
+``epsilon=1e-5``); convolutions are bias-free; there are no kernel
+regularizers (weight decay is the optimizer's job). Each family is initialised
+as its reference code: ResNet, PreResNet, WRN and ResNeXt convs He-normal
+(fan-out) as bearpaw/pytorch-classification (``models/cifar/*.py``), the PyTorch
+model zoo whose network list the MrKD paper follows, and the classifier
+PyTorch's ``nn.Linear`` default, kernel and bias ``U(-1/sqrt(fan_in),
+1/sqrt(fan_in))``, as bearpaw's ResNet and PreResNet (the zero classifier bias
+of the Torch7 references and of bearpaw's WRN and ResNeXt is
+``Layers(classifier_bias="zeros")``, not used); MobileNetV2, ShuffleNetV2 and
+ResNet-18/50/101 (kuangliu/pytorch-cifar, which sets no init) PyTorch's default
+for every conv and the classifier, kernel and bias. See ``_layers.py`` and each
+family's module.
 
 Networks (module, trainable parameters for 10 / 100 classes, in millions):
 

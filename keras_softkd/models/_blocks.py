@@ -11,7 +11,9 @@ Two orderings, each with a basic (two 3x3) and a bottleneck (1x1-3x3-1x1) form:
   al.'s code and the WRN reference code). Used by PreResNet and WRN.
 
 A projection is used where the shape changes (stride or width); otherwise the
-shortcut is the identity. The stride sits on the 3x3 conv in every unit.
+shortcut is the identity. The stride sits on the 3x3 conv in every unit except
+the pre-activation bottleneck, which has it on its first 1x1 conv as in He et
+al.'s code (see :func:`preact_bottleneck`).
 """
 
 from __future__ import annotations
@@ -93,13 +95,22 @@ def preact_basic(net: Layers, x, filters: int, strides: int, name: str, dropout:
 
 
 def preact_bottleneck(net: Layers, x, filters: int, out_filters: int, strides: int, name: str):
-    """Pre-activation bottleneck: BN-ReLU-conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1, add."""
+    """Pre-activation bottleneck: BN-ReLU-conv1x1(stride)-BN-ReLU-conv3x3-BN-ReLU-conv1x1, add.
+
+    As He et al.'s official code, KaimingHe/resnet-1k-layers ``resnet-pre-act.lua``
+    (commit fde7ee9), ``bottleneck``: the stride is on the first 1x1 conv (lines 43
+    and 70, ``Convolution(nInputPlane, nBottleneckPlane, 1, 1, stride, stride, 0,
+    0)``), the 3x3 conv has stride 1 (lines 48 and 75). Where the shape changes,
+    BN-ReLU is applied once to the input (lines 64-66) and feeds both the residual
+    branch and the shortcut, a strided 1x1 conv without BN (lines 82-83);
+    otherwise the shortcut is the identity on the raw input (lines 38-55).
+    """
     preact = net.bn_relu(x, name=f"{name}_preact")
     skip = x
     if _changes_shape(x, out_filters, strides):
         skip = net.conv(preact, out_filters, 1, strides, name=f"{name}_shortcut")
-    residual = net.conv(preact, filters, 1, name=f"{name}_conv1")
-    residual = net.conv(net.bn_relu(residual, name=f"{name}_conv1"), filters, 3, strides,
+    residual = net.conv(preact, filters, 1, strides, name=f"{name}_conv1")
+    residual = net.conv(net.bn_relu(residual, name=f"{name}_conv1"), filters, 3,
                         name=f"{name}_conv2")
     residual = net.conv(net.bn_relu(residual, name=f"{name}_conv2"), out_filters, 1,
                         name=f"{name}_conv3")

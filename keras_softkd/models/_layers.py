@@ -1,27 +1,44 @@
 """Building pieces shared by the CIFAR networks: conv, BatchNorm, ReLU, the head.
 
-Everything here follows the PyTorch reference implementations, so that a run
-compares with the PyTorch literature:
+Everything here follows the reference implementations, so that a run compares
+with the literature. Each family states its reference in its module docstring
+and picks the initialisation of that reference (``Layers(conv_init=...,
+classifier_bias=...)``):
 
-* **Convolutions** have no bias and are initialised He-normal with fan-out,
-  ``N(0, 2 / (k * k * out_channels))``, untruncated: what torchvision, the CIFAR
-  ResNet/WRN/ResNeXt reference code and ``kaiming_normal_(mode="fan_out")`` do.
-  Keras' ``"he_normal"`` is truncated and uses fan-in, so it is not used. For
-  a depthwise convolution PyTorch's fan-out is ``k * k * channels`` (its
-  weight has shape ``(channels, 1, k, k)``), while Keras would count ``k * k``;
-  the scale is divided by ``channels`` to give PyTorch's variance.
+* **Convolutions** have no bias (in every reference: ``bias=False`` in the
+  PyTorch code, ``v.bias = nil`` in the Torch7 code). Two initialisations:
+
+  - ``conv_init="he_fan_out"`` (default): He-normal with fan-out,
+    ``N(0, 2 / (k * k * out_channels))``, untruncated, the ``ConvInit`` of
+    fb.resnet.torch (``models/resnet.lua`` and ``models/preresnet.lua``), He
+    et al.'s ``resnet-pre-act.lua`` (KaimingHe/resnet-1k-layers, lines 127-138),
+    the WRN authors' ``MSRinit`` (szagoruyko/wide-residual-networks,
+    ``models/utils.lua``), facebookresearch/ResNeXt's ``models/resnext.lua``
+    and bearpaw/pytorch-classification. Keras' ``"he_normal"`` is truncated and
+    uses fan-in, so it is not used. For a depthwise convolution PyTorch's
+    fan-out is ``k * k * channels`` (its weight has shape ``(channels, 1, k,
+    k)``), while Keras would count ``k * k``; the scale is divided by
+    ``channels`` to give PyTorch's variance.
+  - ``conv_init="pytorch_default"``: PyTorch's default ``nn.Conv2d`` init,
+    :class:`TorchDefaultUniform`, for the networks of kuangliu/pytorch-cifar,
+    which set no initialisation of their own.
+
 * A **stride-2 convolution** pads ``k // 2`` zeros on every side and then runs
   ``"valid"``, as PyTorch's ``padding=k // 2`` does. Keras' ``"same"`` would pad
   only the bottom/right of an even-sized input and sample other pixels.
 * **BatchNorm** uses PyTorch's constants: ``momentum=0.9`` in Keras terms (0.1 in
-  PyTorch terms) and ``epsilon=1e-5``; gamma 1, beta 0. It is
+  PyTorch terms) and ``epsilon=1e-5``; gamma 1, beta 0 (every reference). It is
   :class:`BatchNormalization`: Keras's layer, computed on the TensorFlow
   backend by TensorFlow's fused kernel (a ResNet-20 training step about 1.4x
   faster on CPU), with Keras's results.
-* The **classifier** is global average pooling and a Dense layer initialised as
-  PyTorch's ``nn.Linear`` default: kernel and bias uniform in
-  ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``. A final float32 ``linear`` activation
-  makes the logits float32 under a mixed-precision policy.
+* The **classifier** is global average pooling and a Dense layer whose kernel
+  is uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``, the default of both
+  PyTorch's ``nn.Linear`` and Torch7's ``nn.Linear:reset`` (torch/nn
+  ``Linear.lua``). Its bias is drawn from the same uniform
+  (``classifier_bias="pytorch_default"``, PyTorch's default) or is zero
+  (``classifier_bias="zeros"``: the Torch7 references set ``v.bias:zero()`` on
+  every ``nn.Linear``). A final float32 ``linear`` activation makes the logits
+  float32 under a mixed-precision policy.
 * No kernel regularizers: weight decay belongs to the optimizer.
 
 Layers carry names (``stage2_unit1_conv1``) so that summaries and checkpoints
@@ -50,15 +67,95 @@ def he_normal_fan_out(scale: float = 2.0) -> keras.initializers.Initializer:
     )
 
 
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class TorchDefaultUniform(keras.initializers.RandomUniform):
+    """PyTorch's default init of ``nn.Conv2d`` and ``nn.Linear`` weights and biases.
+
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in`` counted as PyTorch
+    counts it, ``in_channels / groups * kh * kw`` for a convolution and
+    ``in_features`` for a linear layer. PyTorch's ``reset_parameters`` draws
+    the weight with ``kaiming_uniform_(a=sqrt(5))``, whose bound is
+    ``gain * sqrt(3 / fan_in)`` with ``gain = sqrt(2 / (1 + a^2)) = sqrt(1/3)``,
+    i.e. ``1/sqrt(fan_in)``, and the bias with ``uniform_(-1/sqrt(fan_in),
+    1/sqrt(fan_in))`` (torch/nn/modules/conv.py ``_ConvNd.reset_parameters``,
+    torch/nn/modules/linear.py ``Linear.reset_parameters``). The standard
+    deviation is ``1/sqrt(3 fan_in)``.
+
+    Fan-in from the Keras kernel shape: ``(kh, kw, in / groups, out)`` for
+    ``Conv2D`` and ``(in, out)`` for ``Dense`` give ``prod(shape[:-1])``;
+    ``DepthwiseConv2D``'s ``(kh, kw, in, multiplier)`` is PyTorch's
+    ``(in * multiplier, 1, kh, kw)`` with ``groups = in``, so ``kh * kw``
+    (``depthwise=True``). A bias does not see the kernel: give ``fan_in``.
+
+    Args:
+        fan_in: the fan-in to use; ``None`` computes it from the shape.
+        depthwise: the shape is a ``DepthwiseConv2D`` kernel.
+        seed: as for ``keras.initializers.RandomUniform``.
+
+    Example:
+        >>> import keras
+        >>> from keras_softkd.models._layers import TorchDefaultUniform
+        >>> w = keras.ops.convert_to_numpy(TorchDefaultUniform(seed=0)((3, 3, 16, 32)))
+        >>> bool(0.99 / 12 < abs(w).max() <= 1 / 12)  # fan_in 3 * 3 * 16 = 144
+        True
+    """
+
+    def __init__(self, fan_in: int | None = None, depthwise: bool = False, seed=None):
+        super().__init__(minval=-1.0, maxval=1.0, seed=seed)
+        self.fan_in = None if fan_in is None else int(fan_in)
+        self.depthwise = bool(depthwise)
+
+    def bound(self, shape) -> float:
+        """``1 / sqrt(fan_in)`` for a weight of ``shape``."""
+        if self.fan_in is not None:
+            fan_in = self.fan_in
+        else:
+            fan_in = math.prod(shape[:-2] if self.depthwise else shape[:-1])
+        if fan_in < 1:
+            raise ValueError(f"TorchDefaultUniform needs fan_in >= 1; got {fan_in} for {shape}.")
+        return 1.0 / math.sqrt(fan_in)
+
+    def __call__(self, shape, dtype=None):
+        bound = self.bound(shape)
+        return keras.random.uniform(shape, minval=-bound, maxval=bound, seed=self.seed, dtype=dtype)
+
+    def get_config(self):
+        return {"fan_in": self.fan_in, "depthwise": self.depthwise,
+                "seed": super().get_config()["seed"]}
+
+
+CONV_INITS = ("he_fan_out", "pytorch_default")
+CLASSIFIER_BIASES = ("pytorch_default", "zeros")
+
+
 @dataclasses.dataclass(frozen=True)
 class Layers:
     """Conv / BatchNorm / ReLU / head factories with the reference constants.
 
     One instance per network, so that options that apply to every layer of a
-    kind (``synchronized_batchnorm``) are given once.
+    kind (``synchronized_batchnorm``, the initialisation of the network's
+    reference) are given once.
+
+    Attributes:
+        synchronized_batchnorm: synchronise BatchNorm statistics across replicas.
+        conv_init: ``"he_fan_out"`` (He-normal, fan-out) or ``"pytorch_default"``
+            (:class:`TorchDefaultUniform`) for every convolution.
+        classifier_bias: ``"pytorch_default"`` (uniform, bound
+            ``1/sqrt(fan_in)``) or ``"zeros"`` (the Torch7 references).
     """
 
     synchronized_batchnorm: bool = False
+    conv_init: str = "he_fan_out"
+    classifier_bias: str = "pytorch_default"
+
+    def __post_init__(self):
+        if self.conv_init not in CONV_INITS:
+            raise ValueError(f"`conv_init` must be one of {CONV_INITS}; got {self.conv_init!r}.")
+        if self.classifier_bias not in CLASSIFIER_BIASES:
+            raise ValueError(
+                f"`classifier_bias` must be one of {CLASSIFIER_BIASES}; "
+                f"got {self.classifier_bias!r}."
+            )
 
     def conv(self, x, filters: int, kernel_size: int, strides: int = 1, groups: int = 1,
              name: str | None = None):
@@ -66,17 +163,23 @@ class Layers:
         x, padding = _pad_for_stride(x, kernel_size, strides, name)
         return layers.Conv2D(
             filters, kernel_size, strides=strides, padding=padding, groups=groups,
-            use_bias=False, kernel_initializer=he_normal_fan_out(),
+            use_bias=False,
+            kernel_initializer=(
+                he_normal_fan_out() if self.conv_init == "he_fan_out" else TorchDefaultUniform()
+            ),
             data_format=DATA_FORMAT, name=name,
         )(x)
 
     def depthwise_conv(self, x, kernel_size: int, strides: int = 1, name: str | None = None):
-        """A bias-free ``DepthwiseConv2D`` with PyTorch's fan-out initialisation."""
+        """A bias-free ``DepthwiseConv2D``, initialised as a PyTorch ``groups=channels`` conv."""
         channels = x.shape[-1]
         x, padding = _pad_for_stride(x, kernel_size, strides, name)
         return layers.DepthwiseConv2D(
             kernel_size, strides=strides, padding=padding, use_bias=False,
-            depthwise_initializer=he_normal_fan_out(2.0 / channels),
+            depthwise_initializer=(
+                he_normal_fan_out(2.0 / channels) if self.conv_init == "he_fan_out"
+                else TorchDefaultUniform(depthwise=True)
+            ),
             data_format=DATA_FORMAT, name=name,
         )(x)
 
@@ -102,16 +205,16 @@ class Layers:
         return self.relu(self.batch_norm(x, name=f"{name}_bn"), name=f"{name}_relu")
 
     def classifier(self, x, num_classes: int):
-        """Global average pooling, a PyTorch-initialised Dense, float32 logits."""
+        """Global average pooling, a Dense initialised as ``nn.Linear``, float32 logits."""
         x = layers.GlobalAveragePooling2D(data_format=DATA_FORMAT, name="avg_pool")(x)
-        bound = 1.0 / math.sqrt(x.shape[-1])
+        fan_in = x.shape[-1]
         x = layers.Dense(
             num_classes,
-            # VarianceScaling(1/3, fan_in, uniform) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-            kernel_initializer=keras.initializers.VarianceScaling(
-                scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+            kernel_initializer=TorchDefaultUniform(),
+            bias_initializer=(
+                TorchDefaultUniform(fan_in=fan_in) if self.classifier_bias == "pytorch_default"
+                else "zeros"
             ),
-            bias_initializer=keras.initializers.RandomUniform(-bound, bound),
             name="fc",
         )(x)
         return layers.Activation("linear", dtype="float32", name="logits")(x)

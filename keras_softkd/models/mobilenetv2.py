@@ -14,6 +14,14 @@ shortcut: the identity, or a 1x1 conv + BN where the width changes (the
 reference's choice; the paper has no shortcut there). Stride-2 units have none.
 The reference uses ReLU, not the paper's ReLU6; so does this.
 
+Initialisation: the reference sets none, so PyTorch's defaults apply
+(kuangliu/pytorch-cifar ``models/mobilenetv2.py`` at 49b7aa9, lines 18-28, 53-58:
+every ``nn.Conv2d`` ``bias=False``, one ``nn.Linear``; ``main.py`` calls no
+init, and ``utils.py``'s ``init_params`` is never called). Here likewise: every
+conv, the depthwise ones included (fan-in ``9``), and the classifier's kernel
+and bias uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``; BatchNorm gamma 1,
+beta 0 (``_layers.TorchDefaultUniform``).
+
 Trainable parameters: 2,296,922 (10 classes) and 2,412,212 (100 classes),
 equal to the PyTorch reference.
 
@@ -70,7 +78,7 @@ def mobilenetv2(
         synchronized_batchnorm: synchronise BatchNorm statistics across replicas.
         name: the model's name (default ``"mobilenetv2"``).
     """
-    net = Layers(synchronized_batchnorm)
+    net = Layers(synchronized_batchnorm, conv_init="pytorch_default")
     inputs = cifar_input()
     x = net.conv_bn(inputs, 32, 3, name="stem_conv")
     unit = 0

@@ -20,6 +20,29 @@ conv as the stem, and BN-ReLU before the pooling. Basic units for
 ``depth = 6n + 2`` (110), bottleneck units for ``depth = 9n + 2`` (164);
 projection shortcuts are 1x1 convs on the pre-activated input.
 
+The **PreResNet bottleneck** follows He et al.'s own code
+(KaimingHe/resnet-1k-layers ``resnet-pre-act.lua`` at fde7ee9): the stride is on
+the *first 1x1 conv* (lines 43 and 70: ``Convolution(nInputPlane,
+nBottleneckPlane, 1, 1, stride, stride, 0, 0)``; the 3x3 conv has stride 1,
+lines 48 and 75), and where the width changes the unit applies BN-ReLU once
+(lines 64-66) and feeds it to both the residual branch and a strided 1x1 conv
+shortcut without BN (lines 82-83); otherwise the shortcut is the identity on
+the raw input (line 55). The post-activation ResNet-164 bottleneck keeps the
+stride on its 3x3 conv (bearpaw/pytorch-classification ``models/cifar/resnet.py``
+``Bottleneck``, the PyTorch transcription its parameter count is pinned to).
+
+**Initialisation** as bearpaw/pytorch-classification (at 24f1c45), the PyTorch
+model zoo whose network list the MrKD paper follows: convs He-normal with
+fan-out, ``N(0, 2 / (k * k * out_channels))``, BatchNorm gamma 1 and beta 0
+(``models/cifar/resnet.py`` lines 121-127, ``preresnet.py`` lines 120-126), and
+the classifier left at PyTorch's ``nn.Linear`` default, kernel and bias
+``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (``Layers``'
+``classifier_bias="pytorch_default"``). Checked, not followed: the Torch7
+references zero the classifier bias, ``v.bias:zero()`` for every ``nn.Linear``
+(fb.resnet.torch ``models/resnet.lua`` lines 191-193, ``models/preresnet.lua``
+lines 221-223; He et al.'s ``resnet-pre-act.lua`` lines 151-153); that is
+``Layers(classifier_bias="zeros")``.
+
 Trainable parameters (BatchNorm's moving statistics not counted, as PyTorch
 counts), 10 / 100 classes: ResNet-20 269,722 / 275,572; ResNet-32 464,154 /
 470,004; ResNet-44 658,586 / 664,436; ResNet-56 853,018 / 858,868; ResNet-110

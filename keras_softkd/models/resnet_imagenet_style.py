@@ -11,6 +11,14 @@ connected layer.
 Units per stage: 18: (2, 2, 2, 2); 34 and 50: (3, 4, 6, 3); 101: (3, 4, 23, 3);
 152: (3, 8, 36, 3).
 
+Initialisation: the reference sets none, so PyTorch's defaults apply
+(kuangliu/pytorch-cifar ``models/resnet.py`` at 49b7aa9, lines 19-30, 47-59,
+78-85: every ``nn.Conv2d`` ``bias=False``, one ``nn.Linear``; ``main.py`` calls
+no init, and ``utils.py``'s ``init_params`` is never called). Here likewise:
+every conv's kernel and the classifier's kernel and bias uniform in
+``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``; BatchNorm gamma 1, beta 0
+(``_layers.TorchDefaultUniform``).
+
 Trainable parameters (10 / 100 classes), equal to the PyTorch reference:
 ResNet-18 11,173,962 / 11,220,132; ResNet-50 23,520,842 / 23,705,252;
 ResNet-101 42,512,970 / 42,697,380.
@@ -56,7 +64,7 @@ def resnet(
     if depth not in _UNITS:
         raise ValueError(f"`depth` must be one of {sorted(_UNITS)}; got depth={depth!r}.")
     block, units = _UNITS[depth]
-    net = Layers(synchronized_batchnorm)
+    net = Layers(synchronized_batchnorm, conv_init="pytorch_default")
     inputs = cifar_input()
     x = net.conv_bn(inputs, 64, 3, name="stem_conv")
     stages = zip((64, 128, 256, 512), units, (1, 2, 2, 2), strict=True)

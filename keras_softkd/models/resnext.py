@@ -13,6 +13,20 @@ addition; projection shortcut (1x1 conv + BN) where the shape changes.
 ResNeXt-29 8x64d has 34,426,698 trainable parameters for 10 classes (the
 paper's 34.4M) and 34,518,948 for 100 (the MrKD paper's 34.5M).
 
+Initialisation: convs He-normal with fan-out (``kaiming_normal(mode="fan_out")``)
+and BatchNorm gamma 1, beta 0, as bearpaw/pytorch-classification
+``models/cifar/resnext.py`` (at 24f1c45, lines 83-90; the PyTorch model zoo
+whose network list the MrKD paper follows) and the authors' ``ConvInit``; the
+classifier's kernel and bias PyTorch's ``nn.Linear`` default
+``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (``Layers``'
+``classifier_bias="pytorch_default"``), the initialisation this package's
+reproduction runs were measured with. Checked, not followed: the classifier
+bias is zero in the authors' Torch code (facebookresearch/ResNeXt at 1f59a2c,
+``models/resnext.lua`` lines 230-232), in prlz77/ResNeXt.pytorch, and also in
+bearpaw's ``resnext.py`` (lines 89-90 set every ``bias`` in the state dict to
+0, the classifier's included; its kernel stays PyTorch's default); that is
+``Layers(classifier_bias="zeros")``.
+
 Example:
 
 >>> from keras_softkd import models

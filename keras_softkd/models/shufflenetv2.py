@@ -20,6 +20,14 @@ Stage widths by ``width_multiplier`` (the paper's "0.5x" ... "2x"): 0.5: (48,
 1024); 2.0: (224, 488, 976, 2048) (as in the reference; the paper's 2x has 244
 channels in its first stage).
 
+Initialisation: the reference sets none, so PyTorch's defaults apply
+(kuangliu/pytorch-cifar ``models/shufflenetv2.py`` at 49b7aa9, lines 37-112:
+all ten ``nn.Conv2d`` ``bias=False``, one ``nn.Linear``; ``main.py`` calls no
+init, and ``utils.py``'s ``init_params`` is never called). Here likewise: every
+conv, the depthwise ones included (fan-in ``9``), and the classifier's kernel
+and bias uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``; BatchNorm gamma 1,
+beta 0 (``_layers.TorchDefaultUniform``).
+
 Trainable parameters at 1.0x: 1,263,854 (10 classes) and 1,356,104 (100
 classes), equal to the PyTorch reference.
 
@@ -94,7 +102,7 @@ def shufflenetv2(
             f"got width_multiplier={width_multiplier!r}."
         )
     widths = _WIDTHS[width_multiplier]
-    net = Layers(synchronized_batchnorm)
+    net = Layers(synchronized_batchnorm, conv_init="pytorch_default")
     inputs = cifar_input()
     x = net.conv_bn(inputs, 24, 3, name="stem_conv")
     for i, (filters, units) in enumerate(zip(widths[:3], _BASIC_UNITS, strict=True)):

@@ -11,6 +11,20 @@ Trainable parameters (10 / 100 classes): WRN-16-8 10,961,370 / 11,007,540;
 WRN-28-10 36,479,194 / 36,536,884; WRN-40-4 8,949,210 / 8,972,340. The MrKD
 paper's table (100 classes): 11.0, 36.5, 9.0 M.
 
+Initialisation: convs He-normal with fan-out, ``N(0, 2 / (k * k *
+out_channels))``, and BatchNorm gamma 1, beta 0, as bearpaw/pytorch-classification
+``models/cifar/wrn.py`` (at 24f1c45, lines 68-74; the PyTorch model zoo whose
+network list the MrKD paper follows) and the authors' ``MSRinit``; the
+classifier's kernel and bias PyTorch's ``nn.Linear`` default
+``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (``Layers``'
+``classifier_bias="pytorch_default"``), the initialisation this package's
+reproduction runs were measured with. Checked, not followed: the classifier
+bias is zero in the authors' Torch code (szagoruyko/wide-residual-networks at
+ae6d0d0, ``models/utils.lua`` ``FCinit``, called in ``models/wide-resnet.lua``
+line 109), in its PyTorch port (``pytorch/utils.py``) and also in bearpaw's
+``wrn.py`` (lines 75-76, ``m.bias.data.zero_()`` for ``nn.Linear``); that is
+``Layers(classifier_bias="zeros")``.
+
 Example:
 
 >>> from keras_softkd import models
