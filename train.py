@@ -59,6 +59,9 @@ flags.DEFINE_integer("train_examples", None, "Use only the first N shuffled trai
 flags.DEFINE_float("validation_fraction", 0.0,
                    "Hold out this fraction of the training set for per-epoch validation "
                    "(0: evaluate on the test set each epoch).")
+flags.DEFINE_bool("keep_best", False,
+                  "Also save the student of the epoch with the best held-out accuracy "
+                  "(model_best.keras; needs --validation_fraction > 0).")
 flags.DEFINE_bool("overwrite", False, "Replace a finished run in --output_dir.")
 
 FLAGS = flags.FLAGS
@@ -69,7 +72,7 @@ def config_from_flags() -> ExperimentConfig:
         "method", "dataset", "data_dir", "model", "epochs", "batch_size", "lr", "lr_schedule",
         "weight_decay", "momentum", "alpha", "temperature", "gamma", "beta", "copies", "kappa",
         "initial_weights_teach", "teacher", "seed", "output_dir", "strategy", "mixed_precision",
-        "train_examples", "validation_fraction", "overwrite",
+        "train_examples", "validation_fraction", "keep_best", "overwrite",
     ]
     return ExperimentConfig(**{name: FLAGS[name].value for name in names})
 

@@ -97,6 +97,7 @@ class ExperimentConfig:
     mixed_precision: bool = False
     train_examples: Optional[int] = None
     validation_fraction: float = 0.0
+    keep_best: bool = False
     overwrite: bool = False
 
     def resolved(self) -> "ExperimentConfig":
@@ -117,6 +118,11 @@ class ExperimentConfig:
         _number_in("weight_decay", self.weight_decay, 0.0, 1.0)
         _number_in("momentum", self.momentum, 0.0, 1.0, high_open=True)
         _number_in("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True)
+        if self.keep_best and self.validation_fraction == 0:
+            raise UsageError(
+                "--keep_best picks the epoch of best held-out accuracy: set --validation_fraction "
+                "> 0 (P holds out 0.1); without a held-out split it would pick on the test set."
+            )
 
         used = METHOD_PARAMETERS[self.method]
         given = {name for name in METHOD_HYPERPARAMETERS if getattr(self, name) is not None}
@@ -159,7 +165,7 @@ class ExperimentConfig:
             "alpha", "temperature", "gamma", "beta", "copies", "kappa", "initial_weights_teach",
             "teacher", "lr",
             "lr_schedule", "weight_decay", "momentum", "batch_size", "train_examples",
-            "validation_fraction", "mixed_precision", "strategy",
+            "validation_fraction", "keep_best", "mixed_precision", "strategy",
         )
         return {name: getattr(self, name) for name in names}
 

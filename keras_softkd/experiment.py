@@ -19,6 +19,8 @@ Output directory::
     results.json        method, hyper-parameters, test_error/top5/nll/ece, speed, versions
     history.csv         one row per epoch (Keras CSVLogger)
     model.keras         the trained student
+    model_best.keras    with --keep_best: the student at its best held-out accuracy
+    best.json           its epoch and val_accuracy
     checkpoint/         weights + optimizer + MrKD memory, and the epoch reached
     tensorboard/        TensorBoard logs
 """
@@ -82,10 +84,12 @@ def run(config: ExperimentConfig) -> dict:
         x_test, y_test, dataset=config.dataset, batch_size=eval_batch, batch_multiple=split
     )
     speed = Throughput(images_per_epoch=len(x_train))
+    best = BestModel(files) if config.keep_best else None
     callbacks = [
         speed,
         keras.callbacks.CSVLogger(str(files / "history.csv"), append=first_epoch > 0),
         *_tensorboard(files / "tensorboard"),
+        *([best] if best else []),
         checkpoint,  # last: the history row of an epoch is written before its checkpoint
     ]
     _drop_history_after(files / "history.csv", first_epoch)
@@ -124,6 +128,7 @@ def run(config: ExperimentConfig) -> dict:
         "wall_seconds": time.perf_counter() - start + checkpoint.previous_wall_seconds(),
         "train_examples_used": int(len(x_train)),
         "replicas": strategy.num_replicas_in_sync,
+        **(best.summary() if best else {}),
         "output_dir": str(output),
         "completed": True,
         "versions": versions(),
@@ -311,7 +316,7 @@ def _refuse_finished_run(output: pathlib.Path, overwrite: bool) -> None:
             "--output_dir or pass --overwrite."
         )
     results.unlink()
-    for stale in ("checkpoint", "history.csv"):
+    for stale in ("checkpoint", "history.csv", "best.json", "model_best.keras"):
         path = output / stale
         if path.is_dir():
             for child in path.iterdir():
@@ -367,6 +372,40 @@ class EpochCheckpoint(keras.callbacks.Callback):
         write_atomic(self.weights, lambda tmp: self.model.save_weights(tmp))
         wall = self._wall_before + time.perf_counter() - self._started
         write_json_atomic(self.state, {"epoch": epoch + 1, "wall_seconds": wall})
+
+
+class BestModel(keras.callbacks.Callback):
+    """Keeps the student of the epoch with the best held-out ``val_accuracy`` (P: teachers
+    "picked based on their best accuracy").
+
+    ``model_best.keras`` is written atomically when an epoch beats the best so
+    far, then ``best.json`` (its epoch and accuracy), which a resumed run
+    reads. train.py allows it only with ``--validation_fraction > 0``: the
+    choice is made on the held-out split, never on the test set.
+    """
+
+    def __init__(self, directory: pathlib.Path):
+        super().__init__()
+        self.path = pathlib.Path(directory) / "model_best.keras"
+        self.record = pathlib.Path(directory) / "best.json"
+        self.best = json.loads(self.record.read_text()) if self.record.exists() else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy = (logs or {}).get("val_accuracy")
+        if accuracy is None or not np.isfinite(accuracy):
+            return
+        if self.best is not None and accuracy <= self.best["val_accuracy"]:
+            return
+        student = getattr(self.model, "student", self.model)
+        write_atomic(self.path, lambda tmp: student.save(tmp))
+        self.best = {"epoch": epoch + 1, "val_accuracy": float(accuracy)}
+        write_json_atomic(self.record, self.best)
+
+    def summary(self) -> dict:
+        """``best_epoch`` (1-based) and ``best_val_accuracy`` for ``results.json``."""
+        if self.best is None:
+            return {"best_epoch": None, "best_val_accuracy": None}
+        return {"best_epoch": self.best["epoch"], "best_val_accuracy": self.best["val_accuracy"]}
 
 
 class Throughput(keras.callbacks.Callback):

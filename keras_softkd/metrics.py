@@ -23,6 +23,7 @@ and with Keras' ``accuracy``):
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "nll",
     "expected_calibration_error",
     "evaluate_logits",
+    "teacher_summary",
 ]
 
 ArrayLike = Any
@@ -171,6 +173,46 @@ def evaluate_logits(labels: ArrayLike, logits: ArrayLike) -> dict[str, Optional[
         "test_nll": nll(labels, logits),
         "test_ece": expected_calibration_error(labels, logits, bins=15),
     }
+
+
+def teacher_summary(logits: ArrayLike, temperature: float = 1.0) -> dict[str, float]:
+    """What a teacher's logits teach, in four numbers (no labels needed).
+
+    A teacher that puts every image on one class with probability 1 teaches
+    nonsense however exactly its loss is computed; these numbers show it:
+
+    * ``max_abs_logit``: the largest ``|z|`` (inf when not finite);
+    * ``finite``: 1.0 when every logit is finite, else 0.0;
+    * ``classes_predicted``: how many classes are someone's ``argmax``;
+    * ``mean_top_probability``: the mean over images of ``max softmax(z / t)``
+      (1/K for a uniform teacher, 1.0 for a certain one); NaN when not finite.
+
+    Example:
+        >>> import numpy as np
+        >>> teacher_summary(np.array([[1e8, 0.0, 0.0], [5e7, 0.0, 1.0]]), temperature=3.0)
+        {'max_abs_logit': 100000000.0, 'finite': 1.0, 'classes_predicted': 1.0, 'mean_top_probability': 1.0}
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or logits.size == 0:
+        raise ValueError(f"`logits` must be a non-empty (N, K) array; got shape {logits.shape}.")
+    _checks_positive_temperature(temperature)
+    finite = bool(np.isfinite(logits).all())
+    if finite:
+        top = np.exp(np.max(_log_softmax(logits / temperature), axis=1))
+        mean_top = float(np.mean(top))
+    else:
+        mean_top = math.nan
+    return {
+        "max_abs_logit": float(np.max(np.abs(logits))) if finite else math.inf,
+        "finite": float(finite),
+        "classes_predicted": float(len(np.unique(np.argmax(np.nan_to_num(logits), axis=1)))),
+        "mean_top_probability": mean_top,
+    }
+
+
+def _checks_positive_temperature(temperature: float) -> None:
+    if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise ValueError(f"`temperature` must be > 0; got temperature={temperature!r}.")
 
 
 # --------------------------------------------------------------------------

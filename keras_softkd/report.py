@@ -548,18 +548,33 @@ def _markdown(rows: list[list[str]]) -> str:
 # --------------------------------------------------------------------------
 
 
+# Per-epoch quantities that plot_curves draws: (history column, y label, scale). The test
+# error is 1 - val_accuracy; the teacher diagnostics are logged by KDModel and MrKDModel
+# (keras_softkd.distillation) and get their own panels when any run has them.
+_CURVES = (
+    ("val_accuracy", "test error (%)", lambda v: 100 * (1.0 - v)),
+    ("teacher_accuracy", "teachers' top-1 accuracy on training batches (%)", lambda v: 100 * v),
+    ("teacher_top_probability", "teachers' mean top probability at t", lambda v: v),
+    ("teaching_copies", "MrKD copies teaching (mean over the epoch)", lambda v: v),
+)
+
+
 def plot_curves(
     runs_dirs: Union[Sequence[PathLike], Sequence[Mapping[str, Any]]], path: PathLike
 ) -> pathlib.Path:
-    """Plots test error per epoch, one line per method, to a PNG file.
+    """Plots test error per epoch, one line per method, and the teacher diagnostics, to a PNG.
 
     Test error is ``1 - val_accuracy`` of each run's ``history.csv``, against
     the 1-based epoch (Keras' 0-based ``epoch`` + 1: the error after that
-    many epochs). One
-    panel per (dataset, model); in it one line per column of :func:`table`
-    (``Baseline``, ``MrKD-3``, ...): the mean over seeds, shaded between the
-    seeds' min and max. Written atomically with matplotlib's Agg canvas (no
-    ``pyplot``, so the caller's backend is left alone).
+    many epochs). One row of panels per (dataset, model): the test error, and
+    where any run of the row logged them (``KDModel``, ``MrKDModel``), the
+    teachers' top-1 accuracy on the training batches, their mean top
+    probability at the distillation temperature and how many MrKD copies
+    taught (an epoch in which no teacher taught has no point). In each panel
+    one line per column of :func:`table` (``Baseline``, ``MrKD-3``, ...): the
+    mean over seeds, shaded between the seeds' min and max. Written atomically
+    with matplotlib's Agg canvas (no ``pyplot``, so the caller's backend is
+    left alone).
 
     Args:
         runs_dirs: directories to :func:`collect` runs from, or the run dicts
@@ -587,7 +602,8 @@ def plot_curves(
     if not runs:
         raise ValueError("`runs_dirs` holds no completed run to plot.")
 
-    panels: dict[tuple, dict[tuple, tuple[str, list[np.ndarray]]]] = {}
+    # panels[(dataset, model)][column] = (label, {history column: [(epochs, values), ...]})
+    panels: dict[tuple, dict[tuple, tuple[str, dict[str, list[np.ndarray]]]]] = {}
     for run in runs:
         history = read_history(run["run_dir"])
         if "val_accuracy" not in history:
@@ -597,33 +613,49 @@ def plot_curves(
             )
         column, label = _column(run, "method")
         panel = (run["dataset"], run["model"])
-        curves = panels.setdefault(panel, {}).setdefault(column, (label, []))[1]
-        curves.append(np.stack([history["epoch"], 1.0 - history["val_accuracy"]]))
+        curves = panels.setdefault(panel, {}).setdefault(column, (label, {}))[1]
+        for key, _, scale in _CURVES:
+            if key in history:
+                values = scale(history[key])
+                curves.setdefault(key, []).append(np.stack([history["epoch"], values]))
 
     all_columns = sorted({column for panel in panels.values() for column in panel})
     order = sorted(
         panels, key=lambda p: (_sort_key("dataset", p[0]), _sort_key("model", p[1]))
     )
-    across = min(len(order), 3)
-    down = math.ceil(len(order) / across)
+    shown = [
+        (key, ylabel) for key, ylabel, _ in _CURVES
+        if any(key in curves for panel in panels.values() for _, curves in panel.values())
+    ]
+    if len(shown) > 1:  # a row per (dataset, model): test error, then the diagnostics
+        across, down = len(shown), len(order)
+        cells = [(panel, key, ylabel) for panel in order for key, ylabel in shown]
+    else:
+        across = min(len(order), 3)
+        down = math.ceil(len(order) / across)
+        cells = [(panel, *shown[0]) for panel in order]
     figure = Figure(figsize=(5.0 * across, 3.6 * down), layout="constrained")
     axes = figure.subplots(down, across, squeeze=False).ravel()
     colours = [f"C{i % 10}" for i in range(len(all_columns))]
-    for ax, panel in zip(axes, order):
+    for ax, (panel, key, ylabel) in zip(axes, cells):
         for column in sorted(panels[panel]):
             label, curves = panels[panel][column]
-            epochs, mean, low, high = _aggregate(curves)
+            if key not in curves:
+                continue
+            epochs, mean, low, high = _aggregate(curves[key])
             colour = colours[all_columns.index(column)]
-            ax.plot(epochs + 1, 100 * mean, color=colour, label=f"{label} (n={len(curves)})")
-            if len(curves) > 1:
-                ax.fill_between(epochs + 1, 100 * low, 100 * high, color=colour, alpha=0.2)
+            ax.plot(epochs + 1, mean, color=colour, marker="." if len(epochs) < 30 else None,
+                    label=f"{label} (n={len(curves[key])})")
+            if len(curves[key]) > 1:
+                ax.fill_between(epochs + 1, low, high, color=colour, alpha=0.2)
         ax.set_title(f"{panel[0]} / {panel[1]}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("test error (%)")
+        ax.set_ylabel(ylabel, fontsize="small" if key != "val_accuracy" else None)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    for ax in axes[len(order):]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    for ax in axes[len(cells):]:
         ax.set_visible(False)
 
     path = pathlib.Path(path)
@@ -660,7 +692,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, searched recursively"
     )
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the tables here")
-    parser.add_argument("--plot", metavar="CURVES.png", help="plot test error per epoch here")
+    parser.add_argument(
+        "--plot", metavar="CURVES.png",
+        help="plot test error per epoch here (and the teacher diagnostics of KD and MrKD runs)",
+    )
     args = parser.parse_args(argv)
     try:
         runs = collect(args.run_dirs)

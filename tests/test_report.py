@@ -283,6 +283,38 @@ def test_plot_curves_writes_a_png(sweep):
     assert [p.name for p in out.parent.iterdir()] == ["curves.png"]  # no temporary left
 
 
+def test_plot_curves_adds_the_teacher_diagnostics_of_distillation_runs(tmp_path, monkeypatch):
+    """MrKD runs log teacher_accuracy, teacher_top_probability and teaching_copies (NaN in
+    epochs where no copy taught): they get panels beside the test error, one row per model."""
+    for seed in range(2):
+        make_run(tmp_path, f"ce_{seed}", "ce", seed)
+        make_run(tmp_path, f"mrkd_{seed}", "mrkd", seed)
+        with open(tmp_path / f"mrkd_{seed}" / "history.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", "val_accuracy", "teacher_accuracy",
+                             "teacher_top_probability", "teaching_copies"])
+            writer.writerow([0, 0.4, "nan", "nan", 0.0])
+            for epoch in range(1, 4):
+                writer.writerow([epoch, 0.5 + 0.1 * epoch, 0.3 + 0.1 * epoch, 0.5, min(epoch, 3)])
+    drawn = []
+    original = report._aggregate
+
+    def recording(curves):
+        drawn.append(np.stack([c[1] for c in curves]))
+        return original(curves)
+
+    monkeypatch.setattr(report, "_aggregate", recording)
+    out = report.plot_curves([tmp_path], tmp_path / "curves.png")
+    import matplotlib.image
+
+    image = matplotlib.image.imread(out)
+    assert image.shape[1] >= 4 * 5.0 * 120 * 0.95  # four panels across
+    # test error of ce and mrkd, then MrKD's three diagnostics (ce has none)
+    assert len(drawn) == 5
+    np.testing.assert_allclose(drawn[2][0], [np.nan, 40.0, 50.0, 60.0])  # accuracy in %
+    np.testing.assert_allclose(drawn[4][0], [0.0, 1.0, 2.0, 3.0])
+
+
 # --------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------

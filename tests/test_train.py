@@ -50,6 +50,9 @@ def run_train(*args, timeout=600):
         ({"train_examples": 0}, "--train_examples"),
         ({"strategy": "tpu"}, "--strategy"),
         ({"lr_schedule": "linear"}, "--lr_schedule"),
+        ({"method": "lsr", "initial_weights_teach": True}, "--initial_weights_teach"),
+        ({"method": "mrkd", "initial_weights_teach": "yes"}, "--initial_weights_teach"),
+        ({"keep_best": True}, "--validation_fraction"),
     ],
 )
 def test_bad_configuration_names_the_flag(overrides, flag):
@@ -61,7 +64,8 @@ def test_defaults_follow_the_papers_per_dataset():
     assert method_defaults("lsrkd_tc", "cifar100", 200)["gamma"] == 0.025
     assert method_defaults("lsrkd_tc", "cifar10", 200)["gamma"] == 0.25
     assert method_defaults("mrkd", "cifar100", 200) == {
-        "alpha": 0.25, "temperature": 3.0, "copies": 3, "kappa": 25.0
+        "alpha": 0.25, "temperature": 3.0, "copies": 3, "kappa": 25.0,
+        "initial_weights_teach": False,
     }
     assert method_defaults("mrkd", "cinic10", 200)["alpha"] == 0.1
     assert method_defaults("pseudo_kd", "cifar10", 200) == {"alpha": 0.2, "beta": 2.5}
@@ -135,6 +139,32 @@ def test_a_seed_fixes_the_initial_weights_and_the_batches_for_every_method(tmp_p
     other = starts["ce", 4]
     assert not np.array_equal(reference["batch"][0], other["batch"][0])
     assert not all(np.array_equal(a, b) for a, b in zip(reference["weights"], other["weights"]))
+
+
+def test_keep_best_saves_the_student_of_the_best_held_out_epoch(tmp_path):
+    """P picks teachers "based on their best accuracy": on the held-out split, never the test set."""
+    import keras
+
+    from keras_softkd import data
+
+    data_dir = write_tiny_cifar(tmp_path / "data", train=96, test=32)
+    out = tmp_path / "out"
+    config = ExperimentConfig(method="ce", model="resnet20", epochs=4, batch_size=24, seed=5,
+                              data_dir=str(data_dir), output_dir=str(out),
+                              validation_fraction=0.25, keep_best=True)
+    results = experiment.run(config)
+    history = np.genfromtxt(out / "history.csv", delimiter=",", names=True)
+    best_epoch = int(np.argmax(history["val_accuracy"])) + 1  # the first of the best
+    assert results["best_epoch"] == best_epoch
+    assert results["best_val_accuracy"] == pytest.approx(history["val_accuracy"].max())
+    assert json.loads((out / "best.json").read_text())["epoch"] == best_epoch
+    # The saved student scores that accuracy on the held-out split (not on the test set).
+    x, y = data.load("cifar10", "train", str(data_dir))
+    _, (x_valid, y_valid) = data.split_validation(x, y, 0.25, 5)
+    held_out = data.evaluation_input(x_valid, y_valid, dataset="cifar10", batch_size=256)
+    best = keras.models.load_model(out / "model_best.keras")
+    logits = best.predict(held_out, verbose=0)[: len(y_valid)]
+    assert np.mean(np.argmax(logits, 1) == y_valid) == pytest.approx(results["best_val_accuracy"])
 
 
 def test_learning_rate_schedules_reach_the_papers_values():
