@@ -16,7 +16,9 @@ schedule, an accuracy metric), for the same network, seed and data:
 * ``mrkd-1``, ``mrkd-3`` -- :class:`MrKDModel` with 1 and 3 memory copies, one
   inference-mode forward pass per copy (targets: 1.35x and 2.0x CE's step time).
   The refresh interval is the papers' (kappa = 25 of 200 epochs), so no refresh
-  falls inside the timed steps: the steady state is the copies' forward passes;
+  falls inside the timed steps: the steady state is the copies' forward passes,
+  so every copy teaches (``initial_weights_teach=True``; by default a copy runs
+  only once refreshed, and none would run in these first steps);
   ``benchmarks/mrkd_overhead.py`` times the refresh itself;
 * ``kd`` (optional, ``--methods=...,kd``) -- :class:`KDModel` with a teacher of
   the same architecture, saved to and loaded from a ``.keras`` file as
@@ -103,7 +105,8 @@ def build_method(method: str, model_name: str, args, teacher_dir: str) -> tuple[
     fields = {"method": method, "dataset": args.dataset, "model": model_name,
               "epochs": EPOCHS, "batch_size": args.batch_size}
     if method.startswith("mrkd-"):
-        fields.update(method="mrkd", copies=int(method.split("-")[1]))
+        # Every copy runs, as after the first n refreshes (the steady state being timed).
+        fields.update(method="mrkd", copies=int(method.split("-")[1]), initial_weights_teach=True)
     if method == "kd":
         keras.utils.set_random_seed(1)
         teacher = os.path.join(teacher_dir, f"{model_name}_teacher.keras")

@@ -13,8 +13,9 @@ A step's time is read between consecutive ``on_train_batch_end`` calls
 the median over all repeats, and the ratio is to CE's median of the same run.
 
 The copies never refresh during the step timings (interval larger than the
-run): the steady state of MrKD is the forward passes, and a refresh every
-kappa steps adds its cost once per kappa steps. The refresh is timed two ways,
+run) and every copy teaches (``initial_weights_teach=True``: by default a copy
+runs only once refreshed): the steady state of MrKD is the forward passes, and
+a refresh every kappa steps adds its cost once per kappa steps. The refresh is timed two ways,
 for ``--refresh_models`` (ResNet-20 and WRN-28-10, 36.5M parameters):
 
 * alone: the compiled refresh (shift n copies, copy the student) run many
@@ -53,7 +54,8 @@ def build_variant(name: str, model_name: str, num_classes: int) -> keras.Model:
         student.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return student
     copies = int(name.split("-")[1])
-    model = MrKDModel(student, copies=copies, interval=10**9, alpha=0.1, temperature=3.0)
+    model = MrKDModel(student, copies=copies, interval=10**9, alpha=0.1, temperature=3.0,
+                      initial_weights_teach=True)
     model.compile(optimizer=optimizer)
     return model
 
@@ -98,7 +100,8 @@ def refresh_in_training(model_name: str, num_classes: int, copies: int, batch_si
     variants = {}
     for interval in (10**9, 1):
         keras.utils.set_random_seed(0)
-        model = MrKDModel(models.build(model_name, num_classes), copies=copies, interval=interval)
+        model = MrKDModel(models.build(model_name, num_classes), copies=copies, interval=interval,
+                          initial_weights_teach=True)  # the copies run in both variants
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
         variants["never" if interval > 1 else "every step"] = model
     runners = {name: (lambda m=m: time_steps(m, data, steps, warmup)) for name, m in variants.items()}

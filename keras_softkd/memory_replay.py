@@ -18,8 +18,9 @@ initial weights predict one class for every image (ResNet-110: logits up to
 one-class teacher until each copy's first refresh (the first ``kappa`` steps
 for all ``n`` copies, ``2 kappa`` for ``n - 1`` ...). So the distillation term
 averages over the ``m = min(n, floor(t / kappa))`` copies refreshed by step
-``t`` (copy ``i`` holds the student of step ``i``-th-last refresh, so these are
-``theta_1 .. theta_m``), and with ``m = 0`` the loss is plain cross-entropy.
+``t`` (the newest, ``theta_1 .. theta_m``: copy ``i`` holds the student of the
+``i``-th most recent refresh), and with ``m = 0`` the loss is plain
+cross-entropy.
 ``m`` is a function of the saved step counter, hence exact under every
 setting below, and a copy that does not teach is not run (a ``cond`` on the
 device). ``initial_weights_teach=True`` restores the literal reading (every
@@ -242,37 +243,37 @@ class MrKDModel(Distiller):
         self.teaching_copies.update_state(ops.cast(teaching, "float32"))
 
     def teacher_logits(self, inputs):
-        """Logits of the ``n`` copies, ``(n, batch, K)`` in float32, each in inference mode.
+        """What the copies teach on ``inputs``: ``(n, batch, K)`` float32 logits, inference mode.
 
         A copy that does not teach yet (see :meth:`teaching`) is not run: its
-        logits are zeros, which the loss ignores.
+        logits are zeros, which the loss ignores. :meth:`copy_logits` runs them all.
         """
-        teaching = None if self.initial_weights_teach else self.teaching()
+        if self.initial_weights_teach:
+            return self.copy_logits(inputs)
+        teaching = self.teaching()
         batch = ops.shape(keras.tree.flatten(inputs)[0])[0]
         num_classes = self.model.output_shape[-1]
         outputs = []
         for index, weights in enumerate(self.memory):
-
-            def forward(weights=weights):
-                logits, _ = self.model.stateless_call(
-                    weights[: self._num_trainable],
-                    weights[self._num_trainable :],
-                    inputs,
-                    training=False,
+            outputs.append(
+                ops.cond(
+                    teaching > index,
+                    lambda weights=weights: self._copy_forward(weights, inputs),
+                    lambda: ops.zeros((batch, num_classes), dtype="float32"),
                 )
-                return ops.cast(logits, "float32")
-
-            if teaching is None:
-                outputs.append(forward())
-            else:
-                outputs.append(
-                    ops.cond(
-                        teaching > index,
-                        forward,
-                        lambda: ops.zeros((batch, num_classes), dtype="float32"),
-                    )
-                )
+            )
         return ops.stack(outputs)
+
+    def copy_logits(self, inputs):
+        """Logits of all ``n`` copies, ``(n, batch, K)`` float32, inference mode, whether
+        they teach or not (to watch them: a copy not yet refreshed holds the initial weights)."""
+        return ops.stack([self._copy_forward(weights, inputs) for weights in self.memory])
+
+    def _copy_forward(self, weights, inputs):
+        logits, _ = self.model.stateless_call(
+            weights[: self._num_trainable], weights[self._num_trainable :], inputs, training=False
+        )
+        return ops.cast(logits, "float32")
 
     # -- saving ----------------------------------------------------------------
 

@@ -389,14 +389,14 @@ MRKD = [
     * its distance to the student in weight space, `||theta_i - theta|| / ||theta||`;
     * how far apart their predictions are on a fixed batch of test images:
       `KL(copy_i(t) || student(t))` at the temperature `t = 3`, the quantity the distillation
-      term pulls down (`mrkd.teacher_logits(x)` gives the copies' logits, shape
-      `(copies, batch, classes)`);
+      term pulls down (`mrkd.copy_logits(x)` gives the copies' logits, shape
+      `(copies, batch, classes)`, whether they teach yet or not);
     * the test accuracy of the student and of each copy on that batch.
     """),
     code("""
     @tf.function  # one graph for the n + 1 forward passes
     def probe_logits(x):
-        return mrkd.student(x, training=False), mrkd.teacher_logits(x)
+        return mrkd.student(x, training=False), mrkd.copy_logits(x)
 
 
     class WatchCopies(keras.callbacks.Callback):
@@ -453,16 +453,29 @@ MRKD = [
     plt.show()
     """),
     md("""
-    Before the first refresh all copies hold the initial weights, so their lines coincide. At
-    each refresh copy 1 becomes the student (distance and divergence drop to almost 0: the
+    Before the first refresh all copies hold the initial weights, so their lines coincide; they
+    do not teach yet (a copy teaches once refreshed: in inference mode an untrained network's
+    BatchNorm does not normalise, and deep ones then predict one class for every image), so the
+    first `kappa` steps are plain cross-entropy, the next `kappa` distil from copy 1 alone, and so
+    on. At each refresh copy 1 becomes the student (distance and divergence drop to almost 0: the
     values are taken after that step's update), and each older copy takes the place of the
     one before it, so copy `i` always lags the student by `(i - 1) kappa` to `i kappa` steps.
     Between refreshes the student moves away from its copies, and the older the copy the
     further it is. The distillation term pulls the student's predictions towards those of
     its recent past: a teacher that needs no pre-training.
 
+    `fit` logs what the teachers teach, per epoch: `teaching_copies` (how many copies taught,
+    averaged over the epoch's steps), `teacher_accuracy` (their top-1 accuracy on the training
+    batches) and `teacher_top_probability` (their mean top probability at the temperature; near 1
+    would be a teacher that teaches one class). They are in `history.csv` and TensorBoard too.
+    """),
+    code("""
+    for key in ("teaching_copies", "teacher_accuracy", "teacher_top_probability", "accuracy"):
+        print(f"{key:24s}", "  ".join(f"{value:6.3f}" for value in history.history[key]))
+    """),
+    md("""
     After training, `mrkd.student` is the trained network (save that one); `mrkd.evaluate`
-    reports the distillation loss and the student's metrics.
+    runs the student alone and reports its cross-entropy as the loss, and its metrics.
     """),
     code("""
     test = data.eval_dataset(x_test, y_test, dataset="cifar10", batch_size=256)

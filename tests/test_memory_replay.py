@@ -250,6 +250,12 @@ def test_copies_run_in_inference_mode_without_gradient():
     mrkd = MrKDModel(student, copies=3, interval=5, initial_weights_teach=True)
     x, _ = data()
     teacher = to_numpy(mrkd.teacher_logits(x))
+    np.testing.assert_array_equal(teacher, to_numpy(mrkd.copy_logits(x)))
+    # By default no copy teaches before its first refresh: not run, zeros.
+    default = MrKDModel(student, copies=3, interval=5)
+    assert int(to_numpy(default.teaching())) == 0
+    np.testing.assert_array_equal(to_numpy(default.teacher_logits(x)), 0.0)
+    np.testing.assert_allclose(to_numpy(default.copy_logits(x)), teacher, atol=1e-6)
     assert tuple(teacher.shape) == (3, len(x), 3)
     for i in range(3):
         np.testing.assert_allclose(teacher[i], to_numpy(student(x, training=False)), atol=1e-6)
