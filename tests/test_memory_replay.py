@@ -624,3 +624,26 @@ def test_a_degenerate_teacher_shows_in_the_diagnostics():
     results = kd_model.evaluate(x, y, verbose=0, return_dict=True)
     assert set(results) == {"loss", "accuracy"}
     assert np.mean(y == 0) < 0.5  # so the accuracy does tell this teacher from a good one
+
+
+@pytest.mark.parametrize("wrapper", ["mrkd", "kd"])
+def test_evaluation_runs_the_student_alone(wrapper, monkeypatch):
+    """evaluate() and fit's validation run no copy or teacher: the student's CE and metrics."""
+    x, y = data()
+    student = make_student("plain")
+    if wrapper == "mrkd":
+        model = MrKDModel(student, copies=2, interval=2, alpha=0.5, temperature=2.0)
+    else:
+        model = KDModel(student, teacher=make_student("plain"), alpha=0.5, temperature=2.0)
+    model.compile(optimizer="sgd", metrics=["accuracy"])
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    sync(model)
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("a teacher ran during evaluation")
+
+    monkeypatch.setattr(model, "teacher_logits", no_teacher)
+    results = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
+    logits = student(x, training=False)
+    np.testing.assert_allclose(results["loss"], np.mean(to_numpy(losses.ce(y, logits))), rtol=1e-5)
+    assert set(results) == {"loss", "accuracy"}
