@@ -432,8 +432,11 @@ def _column(run: Mapping[str, Any], columns: str) -> tuple[tuple, str]:
         copies = _field(run, "copies")
         count = "" if copies is None else f"-{copies}"
         label = f"MrKD{count}" + ("-TC" if method == "mrkd_tc" else "")
-        return (*position, _sort_key("copies", copies)), label
-    return (*position, (0, 0.0, ())), METHOD_LABELS.get(method, method)
+        literal = bool(_field(run, "initial_weights_teach"))  # the ablation: its own column
+        if literal:
+            label += " (initial weights teach)"
+        return (*position, _sort_key("copies", copies), literal), label
+    return (*position, (0, 0.0, ()), False), METHOD_LABELS.get(method, method)
 
 
 def _sort_key(key: str, value: Any) -> tuple:

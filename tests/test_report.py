@@ -349,3 +349,12 @@ def test_cli_with_no_completed_run(tmp_path, capsys):
 def test_docstring_examples_run():
     result = doctest.testmod(report)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_mrkd_with_initial_weights_teaching_is_its_own_column(tmp_path):
+    runs = [make_run(tmp_path, f"m{s}", "mrkd", s, copies=3) for s in range(2)]
+    runs += [make_run(tmp_path, f"l{s}", "mrkd", s, copies=3, initial_weights_teach=True)
+             for s in range(2)]
+    header, rows = parse_table(report.table(runs))
+    assert "MrKD-3" in header and "MrKD-3 (initial weights teach)" in header
+    assert header.index("MrKD-3") < header.index("MrKD-3 (initial weights teach)")
