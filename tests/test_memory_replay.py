@@ -201,6 +201,11 @@ def test_mirrored_two_replicas_equals_single_device(copies, interval):
         copies, interval, strategy=two_replicas(), batchnorm="synchronized"
     )
     assert mirrored_rec.steps == single_rec.steps
+    assert mirrored.history.history["teaching_copies"] == single.history.history["teaching_copies"]
+    np.testing.assert_allclose(
+        mirrored.history.history["teacher_accuracy"], single.history.history["teacher_accuracy"],
+        atol=1e-6,
+    )
     for a, b in zip(single_rec.student[-1], mirrored_rec.student[-1]):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert_memory_matches_algorithm_1(mirrored_rec, single_rec, copies, interval, atol=1e-5)
@@ -505,12 +510,14 @@ def teaching_reference(steps: int, copies: int, interval: int) -> list[int]:
 
 @pytest.mark.parametrize(
     "compile_kwargs",
-    [{}, {"steps_per_execution": 3}, {"run_eagerly": True}],
-    ids=["one_step", "steps_per_execution", "eager"],
+    [{}, {"steps_per_execution": 3}, {"run_eagerly": True}, {"jit_compile": True}],
+    ids=["one_step", "steps_per_execution", "eager", "xla"],
 )
 def test_teaching_copies_follow_the_step_counter(compile_kwargs):
     if BACKEND == "torch" and "steps_per_execution" in compile_kwargs:
         pytest.skip("PyTorch backend: steps_per_execution must be 1")
+    if BACKEND == "torch" and "jit_compile" in compile_kwargs:
+        pytest.skip("PyTorch backend: jit_compile=True is torch.compile (see test_schedule_with_xla)")
     copies, interval, epochs = 3, 3, 3
     mrkd, _ = train(copies, interval, epochs=epochs, **compile_kwargs)
     history = mrkd.history.history

@@ -62,6 +62,13 @@ def images(real_data_dir):
     return normalise(x_train[train]), y_train[train], normalise(x_test[test]), y_test[test]
 
 
+@pytest.fixture(autouse=True)
+def release_graphs():
+    """Each deep network's traced functions and variables go with its test (memory)."""
+    yield
+    keras.backend.clear_session(free_memory=True)
+
+
 def fresh(name, interval, **kwargs):
     keras.utils.set_random_seed(0)
     return MrKDModel(models.build(name, 10), copies=3, interval=interval, alpha=0.1,
