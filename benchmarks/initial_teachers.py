@@ -39,15 +39,10 @@ import numpy as np  # noqa: E402
 
 from keras_softkd import MrKDModel, data, metrics, models  # noqa: E402
 from keras_softkd._io import write_json_atomic  # noqa: E402
+from keras_softkd.data.py_dataset import normalize  # noqa: E402  (NumPy, as the pipeline)
 from keras_softkd.optimizers import PyTorchSGD  # noqa: E402
 
 TEMPERATURE = 3.0
-
-
-def normalised(x: np.ndarray, dataset: str = "cifar10") -> np.ndarray:
-    """``(x / 255 - mean) / std`` per channel, float32 (as ``data.normalize``)."""
-    info = data.DATASETS[dataset]
-    return ((x / 255.0 - np.asarray(info.mean)) / np.asarray(info.std)).astype("float32")
 
 
 def real_images(data_dir: str, test_images: int = 256, train_images: int = 128 * 24, seed: int = 0):
@@ -57,7 +52,8 @@ def real_images(data_dir: str, test_images: int = 256, train_images: int = 128 *
     rng = np.random.default_rng(seed)
     train = rng.permutation(len(x_train))[:train_images]  # the train split is sorted by class
     test = rng.permutation(len(x_test))[:test_images]
-    return normalised(x_train[train]), y_train[train], normalised(x_test[test]), y_test[test]
+    return (normalize(x_train[train], "cifar10"), y_train[train],
+            normalize(x_test[test], "cifar10"), y_test[test])
 
 
 def fresh_mrkd(name: str, interval: int, seed: int = 0, **kwargs) -> MrKDModel:

@@ -28,6 +28,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from keras_softkd import _checks
+
 __all__ = [
     "top_k_error",
     "nll",
@@ -195,7 +197,7 @@ def teacher_summary(logits: ArrayLike, temperature: float = 1.0) -> dict[str, fl
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 2 or logits.size == 0:
         raise ValueError(f"`logits` must be a non-empty (N, K) array; got shape {logits.shape}.")
-    _checks_positive_temperature(temperature)
+    _checks.positive("temperature", temperature)
     finite = bool(np.isfinite(logits).all())
     if finite:
         top = np.exp(np.max(_log_softmax(logits / temperature), axis=1))
@@ -208,11 +210,6 @@ def teacher_summary(logits: ArrayLike, temperature: float = 1.0) -> dict[str, fl
         "classes_predicted": float(len(np.unique(np.argmax(np.nan_to_num(logits), axis=1)))),
         "mean_top_probability": mean_top,
     }
-
-
-def _checks_positive_temperature(temperature: float) -> None:
-    if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
-        raise ValueError(f"`temperature` must be > 0; got temperature={temperature!r}.")
 
 
 # --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from keras_softkd import MrKDModel, data, losses, metrics, models
+from keras_softkd.data import py_dataset
 from keras_softkd.optimizers import PyTorchSGD
 
 pytestmark = pytest.mark.skipif(
@@ -54,12 +55,9 @@ def images(real_data_dir):
     x_test, y_test = data.load("cifar10", "test", str(real_data_dir))
     train = rng.permutation(len(x_train))[: STEPS * BATCH]  # the train split is sorted by class
     test = rng.permutation(len(x_test))[:256]
-    info = data.DATASETS["cifar10"]
-
-    def normalise(x):
-        return ((x / 255.0 - np.asarray(info.mean)) / np.asarray(info.std)).astype("float32")
-
-    return normalise(x_train[train]), y_train[train], normalise(x_test[test]), y_test[test]
+    normalize = py_dataset.normalize  # NumPy, as the input pipeline normalises
+    return (normalize(x_train[train], "cifar10"), y_train[train],
+            normalize(x_test[test], "cifar10"), y_test[test])
 
 
 @pytest.fixture(autouse=True)
