@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train one configuration of the papers' experiments and write results.json.
+r"""Train one configuration of the papers' experiments and write results.json.
 
     python train.py --method=mrkd_tc --gamma=0.25 --model=resnet56 --dataset=cifar100 \
         --data_dir=/path/to/data --output_dir=runs/resnet56_mrkd3_tc
@@ -97,5 +97,12 @@ def main(argv):
         f"{where}"
     )
 
+def _help_requested(argv) -> bool:
+    """absl answers --help with exit status 1; asked-for help is a success."""
+    return any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull") for arg in argv[1:])
+
+
 if __name__ == "__main__":
+    if _help_requested(sys.argv):
+        app.usage(shorthelp="--helpfull" not in sys.argv, writeto_stdout=True, exitcode=0)
     app.run(main)

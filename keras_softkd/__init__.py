@@ -18,6 +18,10 @@ imported on their own.
 
 __version__ = "0.1.0"
 
+from keras_softkd._quiet import quiet_startup  # noqa: E402
+
+quiet_startup()  # Keras (and TensorFlow) without TensorFlow's start-up lines
+
 from keras_softkd import losses, metrics, models, optimizers, teachers  # noqa: E402,F401
 from keras_softkd.distillation import Distiller, KDModel  # noqa: E402,F401
 from keras_softkd.memory_replay import MrKDModel  # noqa: E402,F401

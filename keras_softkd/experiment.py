@@ -60,13 +60,14 @@ def run(config: ExperimentConfig) -> dict:
     output = pathlib.Path(config.output_dir)
     _refuse_finished_run(output, config.overwrite)
     strategy = _strategy(config)
-    # Only the chief writes the run's files; each other worker keeps its own stable
-    # folder (same after a restart, so its checkpoints resume too).
-    files = pathlib.Path(distribute.output_dir(str(output), strategy))
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
 
     (x_train, y_train), (x_eval, y_eval), (x_test, y_test) = load_data(config)
+    # Created once the data is there: a run that cannot start leaves nothing behind.
+    # Only the chief writes the run's files; each other worker keeps its own stable
+    # folder (same after a restart, so its checkpoints resume too).
+    files = pathlib.Path(distribute.output_dir(str(output), strategy))
     num_classes = data.DATASETS[config.dataset].num_classes
     checkpoint = EpochCheckpoint(files / "checkpoint")
     first_epoch = checkpoint.epoch_reached()

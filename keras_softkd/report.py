@@ -4,7 +4,9 @@ A run is an output directory of ``train.py`` holding ``results.json`` (the
 final metrics and the run's setting) and ``history.csv`` (Keras'
 ``CSVLogger``: one row per epoch, ``val_*`` being the test set)::
 
-    python -m keras_softkd.report runs/ [more_runs/ ...] [--markdown out.md] [--plot curves.png]
+    python -m keras_softkd.report runs/ [more_runs/ ...] [--markdown out.md] [--plot [curves.png]]
+
+(``--plot`` alone writes ``curves.png`` in the first run folder, beside the results.)
 
 or from Python::
 
@@ -79,6 +81,7 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 RESULTS_FILE = "results.json"
+PLOT_FILE = "curves.png"  # ``--plot`` without a file name: beside the results
 HISTORY_FILE = "history.csv"
 
 METHOD_ORDER = ("ce", "lsr", "lsrkd", "lsrkd_tc", "mrkd", "mrkd_tc", "pseudo_kd", "kd")
@@ -696,8 +699,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the tables here")
     parser.add_argument(
-        "--plot", metavar="CURVES.png",
-        help="plot test error per epoch here (and the teacher diagnostics of KD and MrKD runs)",
+        "--plot", metavar="CURVES.png", nargs="?", const="",
+        help="plot test error per epoch (and the teacher diagnostics of KD and MrKD runs) to this "
+        f"file; without a file name, to {PLOT_FILE} in the first RUN_DIR, beside the results",
     )
     args = parser.parse_args(argv)
     try:
@@ -713,9 +717,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.markdown:
             _io.write_text_atomic(args.markdown, text)
             print(f"Wrote {args.markdown}", file=sys.stderr)
-        if args.plot:
-            plot_curves(runs, args.plot)
-            print(f"Wrote {args.plot}", file=sys.stderr)
+        if args.plot is not None:
+            plot = args.plot or os.path.join(args.run_dirs[0], PLOT_FILE)
+            plot_curves(runs, plot)
+            print(f"Wrote {plot}", file=sys.stderr)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

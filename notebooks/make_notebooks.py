@@ -96,7 +96,7 @@ LOSSES = [
     BATCH_SIZE = 128
     CLASSES = {CIFAR10_CLASSES}
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras_softkd  # first: it keeps TensorFlow's start-up lines out of the output
     import logging
     import time
     import warnings
@@ -339,7 +339,7 @@ MRKD = [
     BATCH_SIZE = 128
     TEMPERATURE = 3.0
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras_softkd  # first: it keeps TensorFlow's start-up lines out of the output
     import logging
     import time
     import warnings
@@ -579,7 +579,7 @@ REPRODUCE = [
     TRAIN_EXAMPLES = max(64, int(1500 * SCALE))
     TEST_EXAMPLES = max(64, int(1000 * SCALE))
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras_softkd  # first: it keeps TensorFlow's start-up lines out of the output
     import pathlib
     import shlex
 

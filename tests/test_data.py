@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from keras_softkd import data
-from keras_softkd.data import pipeline, safe_pickle
+from keras_softkd.data import pipeline, safe_pickle, sources
 
 from augmentation_reference import (
     CIFAR10_MEAN,
@@ -388,9 +388,10 @@ def test_missing_files_list_what_was_looked_for(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_tfds_fallback(tmp_path):
+def test_tfds_fallback(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
+    monkeypatch.setattr(sources, "_unreachable", lambda host: None)  # as if online
     with tfds.testing.mock_data(num_examples=12):
         x, y = data.load("cifar10", "train", tmp_path)
         assert x.shape == (12, 32, 32, 3) and x.dtype == np.uint8
@@ -406,12 +407,46 @@ def test_tfds_failure_names_what_was_looked_for(tmp_path, monkeypatch):
         raise ConnectionError("no network\nsecond line")
 
     monkeypatch.setattr(tfds, "load", offline)
+    monkeypatch.setattr(sources, "_unreachable", lambda host: None)  # the host answers, TFDS fails
     with pytest.raises(FileNotFoundError) as error:
         data.load("cifar100", "train", tmp_path)
     message = str(error.value)
     assert "cifar-100-python.tar.gz" in message and "cifar-100-binary/" in message
     assert "TensorFlow Datasets could not load or download 'cifar100' (ConnectionError: no network)" in message
     assert "\n" not in message
+
+
+def test_offline_without_local_files_fails_fast_and_leaves_nothing(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    import tensorflow_datasets as tfds
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def must_not_download(*args, **kwargs):
+        raise AssertionError("tfds.load called offline")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(tfds, "load", must_not_download)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds_default"))
+    home_default = pathlib.Path("~/tensorflow_datasets").expanduser()
+    home_default_existed = home_default.exists()
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    for data_dir in (folder, None):
+        start = time.perf_counter()
+        with pytest.raises(FileNotFoundError) as error:
+            data.load("cifar10", "train", data_dir)
+        assert time.perf_counter() - start < 20
+        message = str(error.value)
+        assert "\n" not in message and "www.cs.toronto.edu unreachable" in message
+        for name in ("cifar10_train.npz", "cifar10_test.npz", "cifar-10-python.tar.gz",
+                     "cifar-10-batches-bin/", "README.md"):
+            assert name in message, name
+    assert list(folder.iterdir()) == [] and not (tmp_path / "tfds_default").exists()
+    assert home_default.exists() == home_default_existed
 
 
 # ---------------------------------------------------------------------------

@@ -332,6 +332,17 @@ def test_cli_prints_tables_and_writes_files(sweep, capsys):
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_cli_plot_without_a_name_goes_beside_the_results(sweep, capsys, tmp_path, monkeypatch):
+    root, _ = sweep
+    monkeypatch.chdir(tmp_path)  # not where the figure should land
+    assert report.main([str(root / "a"), str(root / "b"), "--plot"]) == 0
+    plot = root / "a" / report.PLOT_FILE
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)
+    assert f"Wrote {plot}" in capsys.readouterr().err
+    assert not (tmp_path / report.PLOT_FILE).exists()
+    plot.unlink()
+
+
 def test_cli_reports_a_malformed_file(tmp_path, capsys):
     bad = tmp_path / "run" / "results.json"
     bad.parent.mkdir()

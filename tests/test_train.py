@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -19,11 +20,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "train.py")
 
 
-def run_train(*args, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+def run_train(*args, timeout=600, umask=None):
+    """train.py in a subprocess with the user's environment (no log-level variables of ours)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_SOFTKD_TF_LOGS"):
+        env.pop(name, None)
     return subprocess.run(
-        [sys.executable, TRAIN, *args], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, TRAIN, *args], capture_output=True, text=True, timeout=timeout, env=env,
+        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
     )
+
+
+# TensorFlow's start-up chatter (C++ log lines, written before its logging starts).
+TF_STARTUP = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuInit|oneDNN|cuda drivers", re.M)
 
 
 # -- configuration errors (in process: fast) ----------------------------------------------
@@ -208,13 +217,60 @@ def tiny_run(tmp_path_factory):
         "--method=mrkd", "--copies=2", "--kappa=1", "--model=resnet20", "--epochs=3",
         "--batch_size=32", f"--data_dir={data_dir}", "--seed=1",
     ]
-    full = run_train(*args, f"--output_dir={root / 'full'}")
+    full = run_train(*args, f"--output_dir={root / 'full'}", umask=0o022)
     assert full.returncode == 0, full.stderr[-3000:]
-    return root, args
+    return root, args, full
+
+
+def test_a_run_prints_our_lines_not_tensorflows(tiny_run):
+    *_, full = tiny_run
+    output = full.stdout + full.stderr
+    assert "test error" in full.stdout
+    assert not TF_STARTUP.search(output), TF_STARTUP.search(output).group(0)
+
+
+def test_run_files_are_readable_as_a_plain_write_makes_them(tiny_run):
+    root, *_ = tiny_run
+    files = [path for path in (root / "full").rglob("*") if path.is_file()]
+    names = {path.name for path in files}
+    assert {"results.json", "model.keras", "history.csv", "state.json"} <= names, names
+    modes = {str(path.relative_to(root)): oct(path.stat().st_mode & 0o777) for path in files}
+    assert set(modes.values()) == {"0o644"}, modes  # umask 0022: rw-r--r--, as open(..., "w")
+
+
+def test_help_exits_zero_without_tensorflow_lines():
+    result = run_train("--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--method" in result.stdout and "--data_dir" in result.stdout
+    assert "cifar100 \\\n        --data_dir" in result.stdout  # the example's line break, no stray spaces
+    assert not TF_STARTUP.search(result.stdout + result.stderr)
+
+
+def test_offline_without_data_fails_fast_with_one_line_and_leaves_nothing(tmp_path):
+    offline = (
+        "import runpy, socket, sys\n"
+        "def no_network(*args, **kwargs):\n"
+        "    raise socket.gaierror(-3, 'Temporary failure in name resolution')\n"
+        "socket.getaddrinfo = no_network\n"
+        f"sys.argv = [{TRAIN!r}, '--output_dir={tmp_path / 'run'}']\n"
+        f"runpy.run_path({TRAIN!r}, run_name='__main__')\n"
+    )
+    env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds"), "CUDA_VISIBLE_DEVICES": ""}
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", offline], capture_output=True, text=True,
+                            timeout=120, env=env, cwd=tmp_path)
+    assert time.perf_counter() - start < 20
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("train.py: error: --data_dir:")
+    for name in ("cifar10_train.npz", "cifar-10-python.tar.gz", "README.md"):
+        assert name in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_outputs_of_a_run(tiny_run):
-    root, _ = tiny_run
+    root, *_ = tiny_run
     out = root / "full"
     results = json.loads((out / "results.json").read_text())
     for key in ("test_error", "test_top5_error", "test_nll", "test_ece"):
@@ -230,7 +286,7 @@ def test_outputs_of_a_run(tiny_run):
 
 
 def test_finished_run_is_not_overwritten(tiny_run):
-    root, args = tiny_run
+    root, args, _ = tiny_run
     before = (root / "full" / "results.json").read_text()
     result = run_train(*args, f"--output_dir={root / 'full'}")
     assert result.returncode == 2 and "--overwrite" in result.stderr
@@ -240,7 +296,7 @@ def test_finished_run_is_not_overwritten(tiny_run):
 def test_killed_run_resumes_to_the_same_result(tiny_run):
     import keras
 
-    root, args = tiny_run
+    root, args, _ = tiny_run
     out = root / "resumed"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     process = subprocess.Popen(

@@ -28,12 +28,14 @@ augmentations.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
+from keras_softkd._quiet import quiet_tensorflow
 from keras_softkd.data import _arrays
 from keras_softkd.data import info as _info
 from keras_softkd.data._arrays import positive_int as _positive_int
 from keras_softkd.data._arrays import seed_value as _seed_value
+
+tf = quiet_tensorflow()
 
 PAD = 4
 SIZE = 32

@@ -18,9 +18,13 @@ which downloads into ``data_dir`` when the data is not prepared there.
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
+import socket
 import tarfile
+import threading
+import urllib.parse
 import zipfile
 import zlib
 from typing import Callable
@@ -295,6 +299,7 @@ def _load_tfds(info, split, data_dir, looked):
             f"No local {info.name} files found (looked for: {', '.join(looked) or 'nothing'}) and "
             "tensorflow-datasets is not installed: `pip install tensorflow-datasets`."
         ) from err
+    _fail_fast_offline(tfds, info, split, data_dir, looked)
     try:
         # Batches of 10000 concatenated, not ``batch_size=-1``: the latter
         # takes the size from the split's metadata, which ``tfds.testing.mock_data``
@@ -319,6 +324,73 @@ def _load_tfds(info, split, data_dir, looked):
             f"download {info.tfds_name!r} ({type(err).__name__}: {_first_line(err)})."
         ) from err
     return _validated(x, y, info, f"tfds:{info.tfds_name}/{split}")
+
+
+def _fail_fast_offline(tfds, info, split, data_dir, looked) -> None:
+    """Raises at once where TFDS would download but the download host is unreachable.
+
+    Without this, TFDS retries for minutes offline and leaves a temporary folder.
+    """
+    absl_logger = logging.getLogger("absl")  # "Variant folder ... has no dataset_info.json"
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        builder = tfds.builder(info.tfds_name, data_dir=None if data_dir is None else str(data_dir))
+        if builder.is_prepared():
+            return
+        host = urllib.parse.urlparse(builder.info.homepage).hostname
+    finally:
+        absl_logger.setLevel(level)
+    problem = _unreachable(host)
+    if problem is None:
+        return
+    where = "data_dir=None" if data_dir is None else f"data_dir={str(data_dir)!r}"
+    raise FileNotFoundError(
+        f"no local {info.name} {split!r} files in {where} and TensorFlow Datasets cannot download "
+        f"{info.tfds_name!r} ({host} unreachable: {problem}); give data_dir a folder holding one of: "
+        f"{accepted_files(info.name)} (README.md, \"Data\")."
+    )
+
+
+def accepted_files(dataset: str) -> str:
+    """The local file names :func:`load` accepts for ``dataset``, in one line.
+
+    Example:
+        >>> accepted_files("cifar100")
+        'cifar100_train.npz + cifar100_test.npz (arrays x: uint8 N x 32 x 32 x 3, y), cifar-100-python.tar.gz or cifar-100-python/, cifar-100-binary.tar.gz or cifar-100-binary/'
+    """
+    info = _info.get(dataset)
+    names = [
+        " + ".join(f"{info.name}_{split}.npz" for split in info.splits)
+        + " (arrays x: uint8 N x 32 x 32 x 3, y)"
+    ]
+    for table in (_PYTHON, _BINARY):
+        if info.name in table:
+            folder, archive, _, _ = table[info.name]
+            names.append(f"{archive} or {folder}/")
+    if info.tfds_name is None:
+        names.append(" + ".join(f"{split}/<class>/*.png" for split in info.splits))
+    return ", ".join(names)
+
+
+def _unreachable(host: str | None, timeout: float = 5.0) -> str | None:
+    """Why ``host`` cannot be reached on port 443 within ``timeout`` seconds; None if it can."""
+    if not host:
+        return None
+    outcome: list[str | None] = []
+
+    def connect():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{type(err).__name__}: {_first_line(err)}")
+
+    # A thread: name resolution itself takes no timeout and can hang on a broken resolver.
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
 
 
 # ---------------------------------------------------------------------------
