@@ -10,6 +10,8 @@ dataset (see keras_softkd/config.py). A run started again with the same
 --output_dir resumes from its last epoch.
 """
 
+import dataclasses
+import json
 import os
 import sys
 
@@ -63,6 +65,9 @@ flags.DEFINE_bool("keep_best", False,
                   "Also save the student of the epoch with the best held-out accuracy "
                   "(model_best.keras; needs --validation_fraction > 0).")
 flags.DEFINE_bool("overwrite", False, "Replace a finished run in --output_dir.")
+flags.DEFINE_bool("dry_run", False,
+                  "Check the flags, print the resolved configuration (the papers' defaults "
+                  "filled in) as JSON and exit; nothing is read or written.")
 
 FLAGS = flags.FLAGS
 
@@ -83,6 +88,9 @@ def main(argv):
     from keras_softkd import experiment
 
     try:
+        if FLAGS.dry_run:
+            print(json.dumps(dataclasses.asdict(config_from_flags().resolved()), indent=2))
+            return
         results = experiment.run(config_from_flags())
     except UsageError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
