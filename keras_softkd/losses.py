@@ -21,6 +21,7 @@ method         per-example loss                                             equa
 ``mrkd``       ``kd`` with the memory copies as the ``n`` teachers          W 13, 14
 ``mrkd_tc``    ``kd`` with each teacher corrected (W 16), factor ``t``      W 16, 17
 ``pseudo_kd``  ``CE((1-a) p + a P*, q(1)) + b KL(P* || U)``                 P 5, 12, 13
+``tf_reg``     ``(1-a) CE(p, q(1)) + a (m/K) KL(softmax(p^d/t) || q(1))``   Yuan 2020 code
 =============  ===========================================================  =========
 
 Labels may be integers, shape ``(batch,)`` or ``(batch, 1)``, or one-hot,
@@ -45,11 +46,16 @@ __all__ = [
     "kd",
     "mrkd",
     "pseudo_kd",
+    "tf_reg",
     "LSRLoss",
     "LsrKDLoss",
     "KDLoss",
     "PseudoKDLoss",
+    "TFRegLoss",
 ]
+
+#: TF-reg's two readings: what the reference code computes, and the paper's equation.
+TF_REG_FORMS = ("code", "paper")
 
 
 # --------------------------------------------------------------------------
@@ -347,6 +353,69 @@ def pseudo_kd(labels, logits, alpha: float, beta: float) -> "Tensor":  # noqa: F
     return _checks.mark_invalid(losses, valid)
 
 
+def tf_reg(
+    labels,
+    logits,
+    alpha: float,
+    temperature: float,
+    multiplier: float = 1.0,
+    correct_probability: float = 0.99,
+    form: str = "code",
+) -> "Tensor":  # noqa: F821
+    """TF-reg, KD from a manually designed teacher (Yuan et al. 2020, Tf-KD_reg).
+
+    ``form="code"`` (default) is what the reference code computes
+    (yuanli2333/Teacher-free-Knowledge-Distillation, ``my_loss_function.py``,
+    ``loss_kd_regularization``), and what P's Table 2 measured::
+
+        (1-a) CE(p, q(1)) + a * (m / K) * KL(softmax(p^d / t) || q(1))
+
+    ``p^d`` is :func:`keras_softkd.teachers.hand_made`'s teacher, the student
+    is *not* softened, ``m`` is the code's per-network ``multiplier`` and the
+    ``1/K`` is PyTorch's ``KLDivLoss()`` default reduction (the mean over the
+    ``B x K`` elements). ``form="paper"`` is the paper's Eq. 9, the student at
+    the teacher's temperature, no multiplier::
+
+        (1-a) CE(p, q(1)) + a * KL(softmax(p^d / t) || q(t))
+
+    Both are close to label smoothing: at ``t = 20`` the teacher is within
+    0.005 of uniform (docs/METHODS.md, TF-reg, has a worked example).
+
+    Args:
+        labels: integer ``(batch,)`` or one-hot ``(batch, K)`` labels.
+        logits: ``(batch, K)`` student logits.
+        alpha: weight ``a`` in ``[0, 1]`` (the code's ``reg_alpha``).
+        temperature: ``t > 0`` (``reg_temperature``).
+        multiplier: ``m > 0`` (``multiplier``; ``form="code"`` only).
+        correct_probability: ``p^d`` of the true class, in ``(0, 1]`` (0.99 in the code).
+        form: ``"code"`` or ``"paper"``.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> z = np.array([[2.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, -0.5, -1.0, -1.0]])
+        >>> value = losses.tf_reg(np.array([0]), z, alpha=0.1, temperature=20.0, multiplier=100.0)
+        >>> round(float(value[0]), 4)
+        1.182
+    """
+    _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+    _checks.positive("temperature", temperature)
+    _checks.positive("multiplier", multiplier)
+    if form not in TF_REG_FORMS:
+        raise ValueError(f"`form` must be one of {list(TF_REG_FORMS)}; got form={form!r}.")
+    logits = _checks.as_float32(logits)
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    teacher = teachers.hand_made(one_hot, correct_probability, temperature)
+    if form == "code":
+        weight = alpha * multiplier / logits.shape[-1]
+        student = ops.log_softmax(logits, axis=-1)
+    else:
+        weight = alpha
+        student = ops.log_softmax(logits / temperature, axis=-1)
+    loss = (1.0 - alpha) * cross_entropy(one_hot, logits) + weight * kl_divergence(teacher, student)
+    return _checks.mark_invalid(loss, valid)
+
+
 # --------------------------------------------------------------------------
 # keras.losses.Loss classes. Keras's Loss.__call__ reduces the per-example
 # values (mean by default) and, under tf.distribute, divides by the number of
@@ -524,3 +593,56 @@ class PseudoKDLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "beta": self.beta}
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class TFRegLoss(keras.losses.Loss):
+    """TF-reg (Yuan et al. 2020): KD from the hand-made teacher; see :func:`tf_reg`.
+
+    ``form="code"``: ``(1-a) CE(p, q(1)) + a (m/K) KL(softmax(p^d/t) || q(1))``, the
+    reference code's loss; ``form="paper"``: ``... + a KL(softmax(p^d/t) || q(t))``.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.losses import TFRegLoss
+        >>> loss = TFRegLoss(alpha=0.1, temperature=20.0, multiplier=100.0)
+        >>> z = np.array([[2.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, -0.5, -1.0, -1.0]])
+        >>> round(float(loss(np.array([0]), z)), 4)
+        1.182
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.1,
+        temperature: float = 20.0,
+        multiplier: float = 1.0,
+        correct_probability: float = 0.99,
+        form: str = "code",
+        reduction="sum_over_batch_size",
+        name="tf_reg",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+        self.temperature = _checks.positive("temperature", temperature)
+        self.multiplier = _checks.positive("multiplier", multiplier)
+        self.correct_probability = _checks.in_closed_range(
+            "correct_probability", correct_probability, 0.0, 1.0
+        )
+        if form not in TF_REG_FORMS:
+            raise ValueError(f"`form` must be one of {list(TF_REG_FORMS)}; got form={form!r}.")
+        self.form = form
+
+    def call(self, y_true, y_pred):
+        return tf_reg(y_true, y_pred, self.alpha, self.temperature, self.multiplier,
+                      self.correct_probability, self.form)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+            "multiplier": self.multiplier,
+            "correct_probability": self.correct_probability,
+            "form": self.form,
+        }

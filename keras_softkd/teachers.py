@@ -13,6 +13,8 @@ bfloat16 inputs finite: nothing here takes ``log(softmax(.))`` or clips.
   true class set to ``gamma`` and the rest rescaled (W 16).
 * :func:`pseudo_kd_target` -- ``P* = softmax(z * alpha / beta)`` (P 10, 13),
   with no gradient.
+* :func:`hand_made` -- TF-reg's manually designed teacher ``softmax(p^d / t)``
+  (Yuan et al. 2020, as their code computes it).
 
 All functions use ``keras.ops`` only and run on every Keras backend.
 """
@@ -144,6 +146,40 @@ def pseudo_kd_target(logits, alpha: float, beta: float) -> "Tensor":  # noqa: F8
     _checks.positive("beta", beta)
     logits = ops.stop_gradient(_checks.as_float32(logits))
     return ops.log_softmax(logits * (alpha / beta), axis=-1)
+
+
+def hand_made(one_hot_labels, correct_probability: float, temperature: float) -> "Tensor":  # noqa: F821
+    """TF-reg's manually designed teacher, ``softmax(p^d / t)``, as log-probabilities.
+
+    ``p^d_c = a`` for the true class, ``(1 - a) / (K - 1)`` otherwise (Yuan et
+    al. 2020, "Revisiting Knowledge Distillation via Label Smoothing
+    Regularization", Tf-KD_reg; ``a = 0.99`` in their code). The reference
+    code (``my_loss_function.py``, ``loss_kd_regularization``) softens it as
+    ``softmax(p^d / t)``: the probabilities divided by ``t`` as if they were
+    logits, so at ``t = 20`` the teacher is within 0.005 of uniform
+    (docs/METHODS.md, TF-reg). No gradient (the labels are constant).
+
+    Args:
+        one_hot_labels: ``(batch, K)`` one-hot labels.
+        correct_probability: ``a`` in ``(0, 1]``.
+        temperature: ``t > 0``.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import teachers
+        >>> q = np.exp(np.asarray(teachers.hand_made(np.eye(10)[[0]], 0.99, 20.0)))
+        >>> np.round(q[0, :2], 4)
+        array([0.1045, 0.0995], dtype=float32)
+    """
+    _checks.in_closed_range("correct_probability", correct_probability, 0.0, 1.0)
+    _checks.positive("temperature", temperature)
+    one_hot_labels = ops.convert_to_tensor(one_hot_labels, "float32")
+    num_classes = one_hot_labels.shape[-1]
+    if num_classes is None or num_classes < 2:
+        raise ValueError(f"TF-reg's teacher needs at least 2 classes; got K={num_classes}.")
+    other = (1.0 - correct_probability) / (num_classes - 1)
+    designed = ops.where(one_hot_labels > 0.5, correct_probability, other)
+    return ops.log_softmax(designed / temperature, axis=-1)
 
 
 def _safe_log(value: float) -> float:

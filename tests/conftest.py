@@ -6,6 +6,7 @@ runs at import time, before any test module imports keras.
 
 import os
 import pathlib
+import re
 
 import pytest
 
@@ -21,6 +22,9 @@ if os.environ["KERAS_BACKEND"] == "tensorflow":
     )
 
 DATA_ENV = "KERAS_SOFTKD_DATA_DIR"
+
+#: TensorFlow's start-up chatter (C++ log lines written before its logging starts; issue 16).
+TF_STARTUP = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuInit|oneDNN|cuda drivers", re.M)
 
 
 @pytest.fixture(scope="session")

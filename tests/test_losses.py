@@ -157,6 +157,31 @@ def ref_pseudo_kd(p, z, a, b, frozen_z=None):
     return value, np.exp(log_q) - phat
 
 
+def ref_tf_reg(p, z, a, t, m=1.0, correct=0.99, form="code"):
+    """TF-reg, transcribed from the reference code (yuanli2333/Teacher-free-Knowledge-
+    Distillation, my_loss_function.py, loss_kd_regularization) in float64 NumPy:
+
+        teacher_soft = (1 - correct) / (K - 1) everywhere, correct on the label
+        (1 - a) * F.cross_entropy(z, y)
+          + a * nn.KLDivLoss()(F.log_softmax(z), F.softmax(teacher_soft / T)) * multiplier
+
+    ``KLDivLoss()`` averages over the B x K elements; per example that is the
+    KL summed over classes divided by K. ``form="paper"``: Eq. 9, the student at
+    temperature ``t``, no multiplier, KL summed over classes.
+    """
+    k = p.shape[-1]
+    designed = np.where(p == 1, correct, (1.0 - correct) / (k - 1))
+    log_teacher = np_log_softmax(designed / t)
+    log_q1 = np_log_softmax(z)
+    if form == "code":
+        weight, log_student, dlog = a * m / k, log_q1, 1.0
+    else:
+        weight, log_student, dlog = a, np_log_softmax(z / t), 1.0 / t
+    value = (1.0 - a) * np_ce(p, log_q1) + weight * np_kl(log_teacher, log_student)
+    grad = (1.0 - a) * (np.exp(log_q1) - p) + weight * dlog * (np.exp(log_student) - np.exp(log_teacher))
+    return value, grad
+
+
 # ==========================================================================
 # The methods: the package call and its reference, side by side
 # ==========================================================================
@@ -259,6 +284,23 @@ METHODS = {
         0,
         lambda y, z, zt: losses.pseudo_kd(y, z, alpha=0.2, beta=1.5),
         lambda p, z, zt: ref_pseudo_kd(p, z, 0.2, 1.5),
+    ),
+    # The reference code's settings for ResNet-18 and MobileNetV2 on CIFAR-100, and Eq. 9.
+    "tf_reg_resnet18": Method(
+        0,
+        lambda y, z, zt: losses.tf_reg(y, z, alpha=0.1, temperature=20.0, multiplier=100.0),
+        lambda p, z, zt: ref_tf_reg(p, z, 0.1, 20.0, 100.0),
+    ),
+    "tf_reg_mobilenetv2": Method(
+        0,
+        lambda y, z, zt: losses.tf_reg(y, z, alpha=0.95, temperature=40.0, multiplier=1.0),
+        lambda p, z, zt: ref_tf_reg(p, z, 0.95, 40.0, 1.0),
+    ),
+    "tf_reg_paper": Method(
+        0,
+        lambda y, z, zt: losses.tf_reg(y, z, alpha=0.3, temperature=4.0, correct_probability=0.9,
+                                       form="paper"),
+        lambda p, z, zt: ref_tf_reg(p, z, 0.3, 4.0, correct=0.9, form="paper"),
     ),
 }
 
@@ -536,6 +578,10 @@ CLASS_CASES = {
                        dict(alpha=0.25, temperature=3.0, gamma=0.25)),
     "PseudoKDLoss": (losses.PseudoKDLoss(alpha=0.2, beta=2.5), "pseudo_kd",
                      dict(alpha=0.2, beta=2.5)),
+    "TFRegLoss": (losses.TFRegLoss(alpha=0.1, temperature=20.0, multiplier=100.0), "tf_reg",
+                  dict(alpha=0.1, temperature=20.0, multiplier=100.0)),
+    "TFRegLoss_paper": (losses.TFRegLoss(alpha=0.2, temperature=5.0, form="paper"), "tf_reg",
+                        dict(alpha=0.2, temperature=5.0, form="paper")),
 }
 
 
@@ -568,6 +614,8 @@ def test_loss_class_is_batch_mean_of_function(name, case):
             else _mr_tc(p, zt, kwargs["temperature"], kwargs["gamma"]),
             kwargs["alpha"], kwargs["temperature"], 2 if "gamma" not in kwargs else 1),
         "pseudo_kd": lambda: ref_pseudo_kd(p, z, kwargs["alpha"], kwargs["beta"]),
+        "tf_reg": lambda: ref_tf_reg(p, z, kwargs["alpha"], kwargs["temperature"],
+                                     kwargs.get("multiplier", 1.0), form=kwargs.get("form", "code")),
     }[fn_name]()[0]
     np.testing.assert_allclose(to_numpy(value), np.mean(ref), **VALUE_TOL)
 
@@ -844,6 +892,8 @@ def _config_round_trip(loss_obj):
         losses.KDLoss(alpha=0.5, temperature=3.0),
         losses.KDLoss(alpha=0.5, temperature=3.0, gamma=0.25, temperature_power=1.5),
         losses.PseudoKDLoss(alpha=0.3, beta=2.5),
+        losses.TFRegLoss(alpha=0.95, temperature=40.0, multiplier=2.0, correct_probability=0.9,
+                         form="paper"),
     ],
     ids=lambda o: type(o).__name__,
 )
@@ -861,6 +911,7 @@ def test_get_config_from_config_round_trip(loss_obj):
         losses.LsrKDLoss(alpha=0.2, temperature=2.5),
         losses.LsrKDLoss(alpha=0.2, temperature=2.5, gamma=0.4),
         losses.PseudoKDLoss(alpha=0.3, beta=2.5),
+        losses.TFRegLoss(alpha=0.1, temperature=20.0, multiplier=100.0),
     ],
     ids=lambda o: f"{type(o).__name__}{'_tc' if getattr(o, 'gamma', None) else ''}",
 )
@@ -1060,3 +1111,42 @@ def test_out_of_range_label_through_a_loss_class_in_compiled_function_is_nan():
     y = y.astype(np.float32)
     y[0] = 10.0
     assert np.isnan(to_numpy(call(ops.convert_to_tensor(y), ops.convert_to_tensor(z, "float32"))))
+
+
+# -- TF-reg: the reference code against its paper -----------------------------------------
+
+
+def test_tf_reg_worked_example_of_methods_md():
+    """The numbers docs/METHODS.md quotes (K = 10, label 0), from the transcription."""
+    p = np_one_hot(np.array([0]), 10)
+    z = np.array([[2.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, -0.5, -1.0, -1.0]])
+    teacher = np.exp(to_numpy(teachers.hand_made(p, 0.99, 20.0)))
+    np.testing.assert_allclose(teacher[0, :2], [0.104539, 0.099496], atol=1e-6)
+    for kwargs, want in [(dict(alpha=0.1, temperature=20.0, multiplier=100.0), 1.18201),
+                         (dict(alpha=0.95, temperature=40.0, multiplier=1.0), 0.08296)]:
+        value = to_numpy(losses.tf_reg(np.array([0]), z, **kwargs))[0]
+        reference, _ = ref_tf_reg(p, z, kwargs["alpha"], kwargs["temperature"], kwargs["multiplier"])
+        np.testing.assert_allclose([value, reference[0]], want, atol=5e-5)
+
+
+@pytest.mark.parametrize("k", [10, 100])
+def test_tf_reg_code_form_is_label_smoothing_with_a_scaled_gradient(k):
+    """The teacher is a constant: the code's loss is ``s * CE(target, q(1))`` + const with
+    ``s = (1-a) + a m / K`` and ``target = ((1-a) p + (a m / K) teacher) / s``."""
+    y, z, _ = make_case("random", k, 0, seed=21)
+    p = np_one_hot(y, k)
+    a, t, m = 0.95, 40.0, 1.0
+    _, grad = ref_tf_reg(p, z, a, t, m)
+    teacher = np.exp(np_log_softmax(np.where(p == 1, 0.99, 0.01 / (k - 1)) / t))
+    scale = (1 - a) + a * m / k
+    target = ((1 - a) * p + a * m / k * teacher) / scale
+    np.testing.assert_allclose(grad, scale * (np_softmax(z) - target), atol=1e-12)
+    _, package_grad, _ = value_and_grad(lambda x: losses.tf_reg(y, x, a, t, m), z)
+    np.testing.assert_allclose(package_grad, grad, **GRAD_TOL["float32"])
+
+
+def test_tf_reg_rejects_an_unknown_form():
+    with pytest.raises(ValueError, match="form"):
+        losses.tf_reg(np.array([0]), np.zeros((1, 3)), 0.1, 20.0, form="Eq. 9")
+    with pytest.raises(ValueError, match="form"):
+        losses.TFRegLoss(form="both")

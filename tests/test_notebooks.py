@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from conftest import TF_STARTUP
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -73,7 +75,6 @@ def kernel_dirs(tmp_path_factory):
         "language": "python",
         "env": {
             "PYTHONPATH": os.pathsep.join(python_path),
-            "TF_CPP_MIN_LOG_LEVEL": "3",
             "CUDA_VISIBLE_DEVICES": "",
             "KERAS_BACKEND": "tensorflow",
         },
@@ -112,5 +113,7 @@ def test_notebook_runs_top_to_bottom(name, kernel_dirs, real_data_dir, tmp_path)
             manager.shutdown_kernel(now=True)
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     assert not [output for output in outputs if output.output_type == "error"]
+    streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert not TF_STARTUP.search(streams), TF_STARTUP.search(streams).group(0)
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
     assert images, f"{name} showed no figure"

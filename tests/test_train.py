@@ -3,7 +3,6 @@
 import json
 import os
 import pathlib
-import re
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import run_on_one_and_two_devices, write_tiny_cifar
+from conftest import TF_STARTUP, run_on_one_and_two_devices, write_tiny_cifar
 from keras_softkd import experiment
 from keras_softkd.config import ExperimentConfig, UsageError, method_defaults
 
@@ -29,10 +28,6 @@ def run_train(*args, timeout=600, umask=None):
         [sys.executable, TRAIN, *args], capture_output=True, text=True, timeout=timeout, env=env,
         preexec_fn=None if umask is None else (lambda: os.umask(umask)),
     )
-
-
-# TensorFlow's start-up chatter (C++ log lines, written before its logging starts).
-TF_STARTUP = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuInit|oneDNN|cuda drivers", re.M)
 
 
 # -- configuration errors (in process: fast) ----------------------------------------------
