@@ -6,7 +6,7 @@ r"""Train one configuration of the papers' experiments and write results.json.
 
 Presets live in flags/ (``python train.py --flagfile=flags/quickstart.flags``).
 Hyper-parameters left unset take the papers' defaults for the method and
-dataset (see keras_softkd/config.py). A run started again with the same
+dataset (keras_softkd/methods.py, the method table). A run started again with the same
 --output_dir resumes from its last epoch.
 """
 
@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from keras_softkd import methods  # noqa: E402
 from keras_softkd.config import (  # noqa: E402
     DATASETS,
     LR_SCHEDULES,
@@ -28,7 +29,7 @@ from keras_softkd.config import (  # noqa: E402
     UsageError,
 )
 
-flags.DEFINE_enum("method", "ce", METHODS, "Training method.")
+flags.DEFINE_enum("method", "ce", METHODS, methods.method_help())
 flags.DEFINE_enum("dataset", "cifar10", DATASETS, "Dataset.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir, or a folder of local files "
                     "(<dataset>_train.npz/<dataset>_test.npz, CIFAR python/binary archives, "
@@ -41,17 +42,20 @@ flags.DEFINE_enum("lr_schedule", "cosine", LR_SCHEDULES,
                   "cosine: to 1e-4 (MrKD paper); step: /5 at 30%, 60%, 80% (Pseudo-KD paper).")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay, applied as PyTorch's SGD does.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("alpha", None, "Method weight alpha in [0, 1] (default: the paper's).")
-flags.DEFINE_float("temperature", None, "Temperature > 0 (lsrkd*, mrkd*, kd).")
-flags.DEFINE_float("gamma", None, "Teacher correction in [0, 1] (lsrkd_tc, mrkd_tc).")
-flags.DEFINE_float("beta", None, "Pseudo-KD beta > 0.")
-flags.DEFINE_integer("copies", None, "MrKD memory copies n >= 1.")
-flags.DEFINE_float("kappa", None, "MrKD refresh interval in epochs (fractions allowed; "
-                   "default epochs/8, the paper's 25 of 200).")
-flags.DEFINE_bool("initial_weights_teach", None,
-                  "MrKD ablation: every memory copy teaches from step 1, the initial weights "
-                  "included (Algorithm 1 read literally). Default: a copy teaches once refreshed.")
-flags.DEFINE_string("teacher", None, "A trained .keras model (method kd).")
+# The methods' hyper-parameters (keras_softkd.methods says which method reads which, and
+# its default); tests/test_methods.py checks that every one has its flag here.
+flags.DEFINE_float("alpha", None, methods.flag_help("alpha", "Method weight alpha in [0, 1]."))
+flags.DEFINE_float("temperature", None, methods.flag_help("temperature", "Temperature > 0."))
+flags.DEFINE_float("gamma", None, methods.flag_help("gamma", "Teacher correction in [0, 1]."))
+flags.DEFINE_float("beta", None, methods.flag_help("beta", "Pseudo-KD beta > 0."))
+flags.DEFINE_integer("copies", None, methods.flag_help("copies", "MrKD memory copies n >= 1."))
+flags.DEFINE_float("kappa", None, methods.flag_help(
+    "kappa", "MrKD refresh interval in epochs (fractions allowed; epochs/8 is the paper's 25 "
+    "of 200)."))
+flags.DEFINE_bool("initial_weights_teach", None, methods.flag_help(
+    "initial_weights_teach", "MrKD ablation: every memory copy teaches from step 1, the initial "
+    "weights included (Algorithm 1 read literally); false: a copy teaches once refreshed."))
+flags.DEFINE_string("teacher", None, methods.flag_help("teacher", "A trained .keras model."))
 flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initialisation).")
 flags.DEFINE_string("output_dir", "runs/{method}/seed{seed}",
                     "Where results, checkpoints and logs go; {method} and {seed} are filled in.")
@@ -73,12 +77,8 @@ FLAGS = flags.FLAGS
 
 
 def config_from_flags() -> ExperimentConfig:
-    names = [
-        "method", "dataset", "data_dir", "model", "epochs", "batch_size", "lr", "lr_schedule",
-        "weight_decay", "momentum", "alpha", "temperature", "gamma", "beta", "copies", "kappa",
-        "initial_weights_teach", "teacher", "seed", "output_dir", "strategy", "mixed_precision",
-        "train_examples", "validation_fraction", "keep_best", "overwrite",
-    ]
+    """The flags of the same names as ``ExperimentConfig``'s fields (one flag each)."""
+    names = [field.name for field in dataclasses.fields(ExperimentConfig)]
     return ExperimentConfig(**{name: FLAGS[name].value for name in names})
 
 
@@ -104,6 +104,7 @@ def main(argv):
         f"ECE {100 * results['test_ece']:.2f}% | {results['images_per_second'] or 0:.0f} images/s | "
         f"{where}"
     )
+
 
 def _help_requested(argv) -> bool:
     """absl answers --help with exit status 1; asked-for help is a success."""

@@ -13,7 +13,7 @@ schedule, an accuracy metric), for the same network, seed and data:
 * ``ce`` -- cross-entropy, the baseline;
 * ``lsr``, ``lsrkd``, ``lsrkd_tc``, ``pseudo_kd`` -- a different loss on the
   same logits (target: within 3% of CE);
-* ``mrkd-1``, ``mrkd-3`` -- :class:`MrKDModel` with 1 and 3 memory copies, one
+* ``mrkd1``, ``mrkd3`` -- :class:`MrKDModel` with 1 and 3 memory copies, one
   inference-mode forward pass per copy (targets: 1.35x and 2.0x CE's step time).
   The refresh interval is the papers' (kappa = 25 of 200 epochs), so no refresh
   falls inside the timed steps: the steady state is the copies' forward passes,
@@ -23,6 +23,10 @@ schedule, an accuracy metric), for the same network, seed and data:
 * ``kd`` (optional, ``--methods=...,kd``) -- :class:`KDModel` with a teacher of
   the same architecture, saved to and loaded from a ``.keras`` file as
   ``--teacher`` would be.
+
+``--methods`` takes the method table's column names (``keras_softkd.methods``:
+any method, ``mrkd<N>``, ``mrkd<N>_tc``); the former ``mrkd-1``, ``mrkd-3`` are
+accepted too, and a row keeps the name it was given.
 
 Data: synthetic CIFAR-sized batches held in memory (default), so the figures
 are the model's alone; or, with ``--real_data_dir``, the real training
@@ -55,15 +59,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 import _timing  # noqa: E402
-from keras_softkd import data, experiment, models  # noqa: E402
+from keras_softkd import data, experiment, methods, models  # noqa: E402
 from keras_softkd._io import write_json_atomic  # noqa: E402
 from keras_softkd.config import ExperimentConfig  # noqa: E402
 
-METHODS = ("ce", "lsr", "lsrkd", "lsrkd_tc", "pseudo_kd", "mrkd-1", "mrkd-3", "kd")
-DEFAULT_METHODS = ("ce", "lsr", "lsrkd", "lsrkd_tc", "pseudo_kd", "mrkd-1", "mrkd-3")
-# Largest step-time ratio to CE each method may have (issues 3 and 5).
+DEFAULT_METHODS = ("ce", "lsr", "lsrkd", "lsrkd_tc", "pseudo_kd", "mrkd1", "mrkd3")
+# Largest step-time ratio to CE each method may have (issues 3 and 5), by column name.
 TARGETS = {"lsr": 1.03, "lsrkd": 1.03, "lsrkd_tc": 1.03, "pseudo_kd": 1.03,
-           "mrkd-1": 1.35, "mrkd-3": 2.0}
+           "mrkd1": 1.35, "mrkd3": 2.0}
 EPOCHS = 200  # the papers' schedule: sets kappa (25 epochs) and the cosine length
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "cinic10": 90_000}
 
@@ -73,7 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default="resnet20,resnet56",
                         help="comma-separated registry names (default: resnet20,resnet56)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated subset of {list(METHODS)}; the first is the baseline")
+                        help="comma-separated method table column names (keras_softkd.methods: "
+                             f"{', '.join(methods.names())}, mrkd<N>, mrkd<N>_tc); the first is "
+                             "the baseline")
     parser.add_argument("--dataset", default="cifar10", choices=sorted(TRAIN_IMAGES),
                         help="number of classes and the methods' default hyper-parameters")
     parser.add_argument("--batch_size", type=int, default=128)
@@ -89,9 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.models = [name for name in args.model.split(",") if name]
     args.method_list = [name for name in args.methods.split(",") if name]
-    unknown = set(args.method_list) - set(METHODS)
-    if unknown:
-        parser.error(f"--methods must be from {list(METHODS)}; got unknown {sorted(unknown)}")
+    for name in args.method_list:
+        try:
+            methods.parse_name(name)
+        except ValueError as error:
+            parser.error(f"--methods: {error}")
     unknown = set(args.models) - set(models.names())
     if unknown:
         parser.error(f"--model: unknown {sorted(unknown)}; choose from {models.names()}")
@@ -102,12 +109,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_method(method: str, model_name: str, args, teacher_dir: str) -> tuple[keras.Model, dict]:
     """The compiled trainer ``train.py`` would build, and its hyper-parameters."""
-    fields = {"method": method, "dataset": args.dataset, "model": model_name,
-              "epochs": EPOCHS, "batch_size": args.batch_size}
-    if method.startswith("mrkd-"):
+    name, fixed = methods.parse_name(method)
+    entry = methods.get(name)
+    fields = {"method": name, "dataset": args.dataset, "model": model_name,
+              "epochs": EPOCHS, "batch_size": args.batch_size, **fixed}
+    if "initial_weights_teach" in entry.parameters:
         # Every copy runs, as after the first n refreshes (the steady state being timed).
-        fields.update(method="mrkd", copies=int(method.split("-")[1]), initial_weights_teach=True)
-    if method == "kd":
+        fields["initial_weights_teach"] = True
+    if "teacher" in entry.parameters:
         keras.utils.set_random_seed(1)
         teacher = os.path.join(teacher_dir, f"{model_name}_teacher.keras")
         if not os.path.exists(teacher):
@@ -117,8 +126,7 @@ def build_method(method: str, model_name: str, args, teacher_dir: str) -> tuple[
     keras.utils.set_random_seed(0)
     steps_per_epoch = math.ceil(TRAIN_IMAGES[args.dataset] / args.batch_size)
     trainer = experiment.build_trainer(config, data.DATASETS[args.dataset].num_classes, steps_per_epoch)
-    used = {name: getattr(config, name) for name in
-            ("alpha", "temperature", "gamma", "beta", "copies", "kappa") if getattr(config, name) is not None}
+    used = {key: getattr(config, key) for key in entry.parameters if key != "teacher"}
     return trainer, used
 
 
@@ -153,7 +161,7 @@ def run_model(model_name: str, args, dataset, teacher_dir: str) -> list[dict]:
                              ratio_key="ratio_to_ce", cpu_times=cpu)
     for row in rows:
         method = row["variant"]
-        target = TARGETS.get(method)
+        target = TARGETS.get(methods.canonical(method))
         row.update({
             "model": model_name,
             "method": method,

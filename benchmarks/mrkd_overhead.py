@@ -42,18 +42,28 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from _timing import interleave, summarize, synthetic, time_steps  # noqa: E402
-from keras_softkd import MrKDModel, models  # noqa: E402
+from keras_softkd import MrKDModel, methods, models  # noqa: E402
 from keras_softkd._io import write_json_atomic  # noqa: E402
+
+
+def variant_copies(name: str) -> int:
+    """0 for ``ce``, n for ``mrkd<n>`` (method table column names; ``mrkd-<n>`` too)."""
+    method, fixed = methods.parse_name(name)
+    if method == "ce":
+        return 0
+    if method != "mrkd" or "copies" not in fixed:
+        raise ValueError(f"{name!r} is not a variant; use ce or mrkd<N> (mrkd1, mrkd3).")
+    return fixed["copies"]
 
 
 def build_variant(name: str, model_name: str, num_classes: int) -> keras.Model:
     keras.utils.set_random_seed(0)
     student = models.build(model_name, num_classes)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    if name == "ce":
+    copies = variant_copies(name)
+    if not copies:
         student.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return student
-    copies = int(name.split("-")[1])
     model = MrKDModel(student, copies=copies, interval=10**9, alpha=0.1, temperature=3.0,
                       initial_weights_teach=True)
     model.compile(optimizer=optimizer)
@@ -133,7 +143,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", default="ce,mrkd-1,mrkd-3")
+    parser.add_argument("--variants", default="ce,mrkd1,mrkd3",
+                        help="ce and mrkd<N> (method table column names; mrkd-<N> accepted)")
     parser.add_argument("--refresh_models", default="resnet20,wrn28_10")
     parser.add_argument("--refresh_calls", type=int, default=50)
     parser.add_argument("--refresh_batch_size", type=int, default=8,
@@ -142,8 +153,13 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results/mrkd_overhead.json")
     args = parser.parse_args()
 
-    data = synthetic(args.batch_size, args.num_classes)
     variants = args.variants.split(",")
+    for name in variants:
+        try:
+            variant_copies(name)
+        except ValueError as error:
+            parser.error(f"--variants: {error}")
+    data = synthetic(args.batch_size, args.num_classes)
     built = {name: build_variant(name, args.model, args.num_classes) for name in variants}
     runners = {
         name: (lambda name=name: time_steps(built[name], data, args.steps, args.warmup))

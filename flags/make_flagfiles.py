@@ -30,17 +30,18 @@ P's protocol details (section 4.1):
 """
 
 import pathlib
+import sys
 
 ROOT = pathlib.Path(__file__).parent
+sys.path.insert(0, str(ROOT.parent))  # this checkout's keras_softkd, installed or not
 
+from keras_softkd.methods import train_flags  # noqa: E402
+
+# Column names as the method table spells them (keras_softkd.methods): mrkd3_tc is
+# --method=mrkd_tc --copies=3.
 W_COLUMNS = {
-    "ce": ["--method=ce"],
-    "lsr": ["--method=lsr"],
-    "lsrkd": ["--method=lsrkd"],
-    "lsrkd_tc": ["--method=lsrkd_tc"],
-    "mrkd1": ["--method=mrkd", "--copies=1"],
-    "mrkd3": ["--method=mrkd", "--copies=3"],
-    "mrkd3_tc": ["--method=mrkd_tc", "--copies=3"],
+    column: train_flags(column)
+    for column in ("ce", "lsr", "lsrkd", "lsrkd_tc", "mrkd1", "mrkd3", "mrkd3_tc")
 }
 W_TABLES = {
     ("w_table1", "cifar100"): [
@@ -77,13 +78,13 @@ def main() -> None:
         for model in P_MODELS:
             batch = 64 if model in P_SMALL_BATCH else 128
             columns = {
-                "ce": ["--method=ce"],
-                "lsr": ["--method=lsr"],
-                "kd_shufflenetv2": ["--method=kd", *P_KD,
+                "ce": train_flags("ce"),
+                "lsr": train_flags("lsr"),
+                "kd_shufflenetv2": [*train_flags("kd"), *P_KD,
                                     f"--teacher=runs/p_table1/{dataset}/shufflenetv2/ce/seed0/model_best.keras"],
-                "kd_resnext29": ["--method=kd", *P_KD,
+                "kd_resnext29": [*train_flags("kd"), *P_KD,
                                  f"--teacher=runs/p_table1/{dataset}/resnext29_8x64d/ce/seed0/model_best.keras"],
-                "pseudo_kd": ["--method=pseudo_kd"],
+                "pseudo_kd": train_flags("pseudo_kd"),
             }
             for column, method_flags in columns.items():
                 write(ROOT / "p_table1" / dataset / f"{model}_{column}.flags", [

@@ -3,7 +3,8 @@
 ``train.py`` turns flags into an ``ExperimentConfig``; ``experiment.run``
 turns the config into a trained model and a ``results.json``. Hyper-parameters
 left as ``None`` take the defaults of ``METHODS.md`` for the method and
-dataset (:func:`method_defaults`); giving one that the method does not use
+dataset (:func:`method_defaults`, from the method table
+``keras_softkd.methods``); giving one that the method does not use
 (``copies`` with ``lsr``) is an error, not a silent no-op.
 """
 
@@ -13,25 +14,16 @@ import dataclasses
 import math
 from typing import Optional
 
-METHODS = ("ce", "lsr", "lsrkd", "lsrkd_tc", "mrkd", "mrkd_tc", "pseudo_kd", "kd")
+from keras_softkd import methods
+
+# Thin names derived from the method table (keras_softkd.methods), kept for their readers.
+METHODS = tuple(methods.names())
 DATASETS = ("cifar10", "cifar100", "cinic10")
 LR_SCHEDULES = ("cosine", "step")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 # Which hyper-parameters each method reads (METHODS.md, "Methods").
-METHOD_PARAMETERS = {
-    "ce": (),
-    "lsr": ("alpha",),
-    "lsrkd": ("alpha", "temperature"),
-    "lsrkd_tc": ("alpha", "temperature", "gamma"),
-    "mrkd": ("alpha", "temperature", "copies", "kappa", "initial_weights_teach"),
-    "mrkd_tc": ("alpha", "temperature", "gamma", "copies", "kappa", "initial_weights_teach"),
-    "pseudo_kd": ("alpha", "beta"),
-    "kd": ("alpha", "temperature", "teacher"),
-}
-METHOD_HYPERPARAMETERS = (
-    "alpha", "temperature", "gamma", "beta", "copies", "kappa", "initial_weights_teach", "teacher",
-)
+METHOD_PARAMETERS = {name: tuple(methods.get(name).parameters) for name in METHODS}
 
 
 class UsageError(ValueError):
@@ -39,34 +31,16 @@ class UsageError(ValueError):
 
 
 def method_defaults(method: str, dataset: str, epochs: int) -> dict:
-    """The papers' hyper-parameters for ``method`` on ``dataset`` (METHODS.md).
+    """The papers' hyper-parameters for ``method`` on ``dataset`` (METHODS.md), from the method table.
 
     ``kappa`` (MrKD's refresh interval, in epochs) defaults to ``epochs / 8``:
     the paper's 25 epochs of a 200-epoch run, kept in proportion for shorter runs.
 
     Example:
         >>> method_defaults("mrkd_tc", "cifar100", 200)
-        {'alpha': 0.25, 'temperature': 3.0, 'copies': 3, 'kappa': 25.0, 'initial_weights_teach': False, 'gamma': 0.25}
+        {'alpha': 0.25, 'temperature': 3.0, 'gamma': 0.25, 'copies': 3, 'kappa': 25.0, 'initial_weights_teach': False}
     """
-    cifar100 = dataset == "cifar100"
-    mrkd = {
-        "alpha": 0.25 if cifar100 else 0.1,
-        "temperature": 3.0,
-        "copies": 3,
-        "kappa": epochs / 8,
-        "initial_weights_teach": False,
-    }
-    table = {
-        "ce": {},
-        "lsr": {"alpha": 0.1},
-        "lsrkd": {"alpha": 0.1, "temperature": 3.0},
-        "lsrkd_tc": {"alpha": 0.1, "temperature": 3.0, "gamma": 0.025 if cifar100 else 0.25},
-        "mrkd": mrkd,
-        "mrkd_tc": {**mrkd, "gamma": 0.25},
-        "pseudo_kd": {"alpha": 0.2, "beta": 1.5 if cifar100 else 2.5},
-        "kd": {"alpha": 0.9, "temperature": 4.0},
-    }
-    return dict(table[method])
+    return methods.get(method).defaults(dataset, epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +125,9 @@ class ExperimentConfig:
                 "--initial_weights_teach must be true or false; got "
                 f"{values['initial_weights_teach']!r}."
             )
-        if self.method == "kd" and not values.get("teacher"):
-            raise UsageError("--method=kd needs --teacher, a .keras file of a trained model.")
+        for name, required in methods.get(self.method).required().items():
+            if not values.get(name):
+                raise UsageError(f"--method={self.method} needs --{name}, {required.what}.")
         # Flagfiles name output folders with {method} and {seed}: one preset, many runs.
         values["output_dir"] = self.output_dir.replace("{method}", self.method).replace(
             "{seed}", str(self.seed)
@@ -162,8 +137,7 @@ class ExperimentConfig:
     def hyperparameters(self) -> dict:
         """The hyper-parameters recorded in ``results.json``."""
         names = (
-            "alpha", "temperature", "gamma", "beta", "copies", "kappa", "initial_weights_teach",
-            "teacher", "lr",
+            *METHOD_HYPERPARAMETERS, "lr",
             "lr_schedule", "weight_decay", "momentum", "batch_size", "train_examples",
             "validation_fraction", "keep_best", "mixed_precision", "strategy",
         )
@@ -172,6 +146,14 @@ class ExperimentConfig:
     def interval_steps(self, steps_per_epoch: int) -> int:
         """MrKD's kappa in steps: ``round(kappa_epochs * steps_per_epoch)``, at least 1."""
         return max(1, round(self.kappa * steps_per_epoch))
+
+
+# Every hyper-parameter some method reads, in the order of the fields (results.json's order);
+# one without a field comes last (and tests/test_methods.py fails).
+_FIELD_ORDER = {field.name: i for i, field in enumerate(dataclasses.fields(ExperimentConfig))}
+METHOD_HYPERPARAMETERS = tuple(
+    sorted(methods.hyperparameters(), key=lambda name: _FIELD_ORDER.get(name, len(_FIELD_ORDER)))
+)
 
 
 def _one_of(flag: str, value, valid) -> None:

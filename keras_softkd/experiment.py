@@ -5,9 +5,10 @@ The data's way through :func:`run`:
 1. ``config.resolved()``: the method's defaults filled in, every value checked.
 2. :func:`load_data`: train/test arrays (TFDS or local files), optional subset
    and held-out validation split.
-3. :func:`build_trainer`: the network from the registry, wrapped or compiled
-   for the method (a loss for ce/lsr/lsrkd/pseudo_kd, :class:`MrKDModel` for
-   mrkd, :class:`KDModel` for kd), with :class:`PyTorchSGD` and the schedule.
+3. :func:`build_trainer`: the network from the registry, wrapped or given a
+   loss as the method's entry in ``keras_softkd.methods`` builds it (a loss
+   for ce/lsr/lsrkd/pseudo_kd, :class:`MrKDModel` for mrkd, :class:`KDModel`
+   for kd), compiled with :class:`PyTorchSGD` and the schedule.
 4. ``fit`` on :func:`keras_softkd.data.training_input` (tf.data on TensorFlow,
    a NumPy ``PyDataset`` on JAX and PyTorch) from the last checkpoint's epoch,
    evaluating on the test (or validation) set after each epoch.
@@ -38,11 +39,9 @@ import time
 import keras
 import numpy as np
 
-from keras_softkd import __version__, data, distribute, losses, metrics, models
+from keras_softkd import __version__, data, distribute, methods, metrics, models
 from keras_softkd._io import write_atomic, write_json_atomic, write_text_atomic
 from keras_softkd.config import ExperimentConfig, UsageError
-from keras_softkd.distillation import KDModel
-from keras_softkd.memory_replay import MrKDModel
 from keras_softkd.optimizers import PyTorchSGD
 
 RESULTS = "results.json"
@@ -107,7 +106,7 @@ def run(config: ExperimentConfig) -> dict:
                 steps_per_epoch=steps_per_epoch, validation_data=evaluation,
                 callbacks=callbacks, verbose=2, shuffle=False,
             )
-        student = trainer.student if isinstance(trainer, (MrKDModel, KDModel)) else trainer
+        student = getattr(trainer, "student", trainer)  # MrKDModel, KDModel wrap it
         # [:N]: with several devices the last batch may carry zero-weight padding.
         logits = keras.ops.convert_to_numpy(student.predict(test, verbose=0))[: len(y_test)]
     diverged = not np.isfinite(logits).all()  # recorded, so a sweep does not rerun it forever
@@ -172,42 +171,31 @@ def load_data(config: ExperimentConfig):
     return (x_train, y_train), (x_eval, y_eval), (x_test, y_test)
 
 
-def build_trainer(config: ExperimentConfig, num_classes: int, steps_per_epoch: int, replicas: int = 1):
-    """The compiled model that ``fit`` trains for ``config.method``."""
-    # Synchronised BatchNorm for tf.distribute replicas; on JAX, keras.distribution already
-    # computes the statistics over the global batch (and Keras refuses synchronized=True).
-    synchronized = replicas > 1 and keras.backend.backend() == "tensorflow"
-    student = models.build(config.model, num_classes, synchronized_batchnorm=synchronized)
+def build_trainer(
+    config: ExperimentConfig,
+    num_classes: int,
+    steps_per_epoch: int,
+    replicas: int = 1,
+    student: keras.Model | None = None,
+) -> keras.Model:
+    """The compiled model that ``fit`` trains for ``config.method`` (a resolved config).
+
+    ``student``: the network to train; by default ``config.model`` from the
+    registry (with synchronised BatchNorm over TensorFlow replicas).
+    """
+    if student is None:
+        # Synchronised BatchNorm for tf.distribute replicas; on JAX, keras.distribution already
+        # computes the statistics over the global batch (and Keras refuses synchronized=True).
+        synchronized = replicas > 1 and keras.backend.backend() == "tensorflow"
+        student = models.build(config.model, num_classes, synchronized_batchnorm=synchronized)
     optimizer = PyTorchSGD(
         learning_rate=learning_rate_schedule(config, steps_per_epoch),
         momentum=config.momentum,
         l2=config.weight_decay,
     )
     accuracy = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    method = config.method
-    if method in ("mrkd", "mrkd_tc"):
-        trainer = MrKDModel(
-            student, copies=config.copies, interval=config.interval_steps(steps_per_epoch),
-            alpha=config.alpha, temperature=config.temperature, gamma=config.gamma,
-            initial_weights_teach=config.initial_weights_teach,
-        )
-    elif method == "kd":
-        trainer = KDModel(
-            student, teacher=load_teacher(config.teacher, num_classes),
-            alpha=config.alpha, temperature=config.temperature,
-        )
-    else:
-        trainer = student
-    loss = {
-        "ce": lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        "lsr": lambda: losses.LSRLoss(alpha=config.alpha),
-        "lsrkd": lambda: losses.LsrKDLoss(alpha=config.alpha, temperature=config.temperature),
-        "lsrkd_tc": lambda: losses.LsrKDLoss(
-            alpha=config.alpha, temperature=config.temperature, gamma=config.gamma
-        ),
-        "pseudo_kd": lambda: losses.PseudoKDLoss(alpha=config.alpha, beta=config.beta),
-    }.get(method)
-    compile_args = {"loss": loss()} if loss else {}
+    setup = methods.Setup(num_classes=num_classes, steps_per_epoch=steps_per_epoch)
+    trainer, compile_args = methods.get(config.method).build(config, student, setup)
     # Weighted: the zero-weight examples that pad an evaluation batch over several devices
     # do not count (training batches carry no weights).
     trainer.compile(optimizer=optimizer, weighted_metrics=accuracy, **compile_args)

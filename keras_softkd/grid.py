@@ -11,16 +11,19 @@ state and command and runs nothing.
 Decisions:
 
 * **Columns (``--methods``)** are named as the flagfiles' columns
-  (``flags/make_flagfiles.py``), and a name is also the column's folder:
+  (``flags/make_flagfiles.py``), the method table's column names
+  (``keras_softkd.methods.parse_name``), and a name is also the column's folder:
 
   ==================  ============================================
   name                train.py flags
   ==================  ============================================
-  ``ce`` ``lsr`` ...  ``--method=<name>`` (any of ``config.METHODS``)
+  ``ce`` ``lsr`` ...  ``--method=<name>`` (any of ``methods.names()``)
   ``mrkd<N>``         ``--method=mrkd --copies=<N>`` (MrKD-N)
   ``mrkd<N>_tc``      ``--method=mrkd_tc --copies=<N>`` (MrKD-N-TC)
   ``mrkd``            ``--method=mrkd`` (the paper's 3 copies)
   ==================  ============================================
+
+  ``mrkd-3`` (the benchmarks' former spelling) is read as ``mrkd3``.
 
   Any name takes settings of its own after colons, ``name:key=value:...``
   (``lsr:alpha=0.2``, ``mrkd3_tc:gamma=0.5:kappa=2``): each becomes
@@ -77,13 +80,8 @@ from concurrent import futures
 from typing import Optional, Sequence
 
 from keras_softkd import _io
-from keras_softkd.config import (
-    METHOD_HYPERPARAMETERS,
-    METHOD_PARAMETERS,
-    METHODS,
-    ExperimentConfig,
-    UsageError,
-)
+from keras_softkd import methods as method_table  # plan()'s argument is `methods`
+from keras_softkd.config import ExperimentConfig, UsageError
 
 __all__ = ["Column", "Cell", "parse_column", "parse_seeds", "plan", "run", "main"]
 
@@ -102,7 +100,6 @@ _GRID_FLAGS = {
 }
 # Not part of a cell's setting: a moved data folder or flagfile is the same experiment.
 _NOT_COMPARED = ("--data_dir", "--flagfile")
-_MRKD_NAME = re.compile(r"^mrkd(\d+)(_tc)?$")
 _FIELDS = {field.name for field in dataclasses.fields(ExperimentConfig)}
 
 
@@ -111,7 +108,7 @@ class Column:
     """One column of the grid: a method with its own ``train.py`` flags."""
 
     name: str  # the folder name, e.g. "mrkd3_tc" or "lsr_alpha0.2"
-    method: str  # a config.METHODS name
+    method: str  # a keras_softkd.methods.names() name
     flags: tuple[str, ...]  # e.g. ("--method=mrkd_tc", "--copies=3")
 
 
@@ -196,21 +193,12 @@ def parse_column(spec: str) -> Column:
         ('--method=mrkd_tc', '--copies=3', '--gamma=0.5')
     """
     base, *settings = spec.strip().split(":")
-    match = _MRKD_NAME.match(base)
-    if match:
-        method = "mrkd_tc" if match.group(2) else "mrkd"
-        if int(match.group(1)) < 1:
-            raise UsageError(f"--methods: {base!r} needs at least 1 copy.")
-        flags = [f"--method={method}", f"--copies={int(match.group(1))}"]
-    elif base in METHODS:
-        method = base
-        flags = [f"--method={method}"]
-    else:
-        raise UsageError(
-            f"--methods: {base!r} is not a method; use one of {', '.join(METHODS)}, or "
-            "mrkd<N> / mrkd<N>_tc for N copies (mrkd1, mrkd3, mrkd3_tc)."
-        )
-    name = base
+    try:
+        method, _ = method_table.parse_name(base)
+    except ValueError as error:
+        raise UsageError(f"--methods: {error}") from None
+    flags = method_table.train_flags(base)
+    name = method_table.canonical(base)  # mrkd-3 -> mrkd3
     given = {flag.split("=")[0][2:] for flag in flags}
     for setting in settings:
         key, equals, value = setting.partition("=")
@@ -221,10 +209,11 @@ def parse_column(spec: str) -> Column:
                 f"--methods: {spec!r}: {key!r} is not a per-column setting (a train.py flag "
                 "other than method, model, seed and output_dir)."
             )
-        if key in METHOD_HYPERPARAMETERS and key not in METHOD_PARAMETERS[method]:
+        uses = method_table.get(method).parameters
+        if key in method_table.hyperparameters() and key not in uses:
             raise UsageError(
                 f"--methods: {spec!r}: --{key} does not apply to --method={method} (it uses: "
-                f"{', '.join(METHOD_PARAMETERS[method]) or 'no hyper-parameter'})."
+                f"{', '.join(uses) or 'no hyper-parameter'})."
             )
         if key in given:
             raise UsageError(f"--methods: {spec!r} sets {key!r} twice.")
@@ -334,7 +323,8 @@ def plan(
     for arg in train_args:
         name = _flag_name(arg)
         for column in columns:
-            if name in METHOD_HYPERPARAMETERS and name not in METHOD_PARAMETERS[column.method]:
+            uses = method_table.get(column.method).parameters
+            if name in method_table.hyperparameters() and name not in uses:
                 raise UsageError(
                     f"{arg} does not apply to column {column.name} (--method={column.method}); "
                     f"give it only to the columns that use it, in --methods as NAME:{name}=VALUE."
@@ -636,8 +626,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Run methods x models x seeds as train.py subprocesses (--jobs at a time), "
         "skipping completed cells and resuming interrupted ones; then tabulate them. "
         "Other --flag=value arguments go to every train.py run.",
-        epilog="Columns: ce lsr lsrkd lsrkd_tc pseudo_kd kd mrkd mrkd_tc, mrkd<N> and mrkd<N>_tc "
-        "(N copies), each optionally with :key=value settings (lsr:alpha=0.2).",
+        epilog=f"Columns: {' '.join(method_table.names())}, "
+        f"{' and '.join(method_table.counted_columns())} (N copies), each "
+        "optionally with :key=value settings (lsr:alpha=0.2).",
         allow_abbrev=False,  # --model=... must not be taken for --models
     )
     parser.add_argument("--methods", required=True,

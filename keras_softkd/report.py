@@ -25,7 +25,8 @@ Decisions:
 * **Columns** are methods in the papers' order, named as in the MrKD paper's
   Table 1: ``Baseline`` (``ce``), ``LSR``, ``LsrKD``, ``LsrKD-TC``,
   ``MrKD-n`` and ``MrKD-n-TC`` (``n`` = ``copies``, one column per ``n``,
-  ascending), ``Pseudo-KD``, ``KD``; any other method follows, by name.
+  ascending), ``Pseudo-KD``, ``KD``; any other method follows, by name. Order
+  and labels are the method table's (``keras_softkd.methods``).
 * **One setting per cell.** A cell averages seeds of *one* setting. Two runs
   of a cell with the same seed, or differing in ``epochs`` or a
   hyper-parameter the method uses (e.g. two ``gamma`` for ``mrkd_tc``, two
@@ -64,8 +65,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from keras_softkd import _io
-from keras_softkd.config import METHOD_HYPERPARAMETERS, METHOD_PARAMETERS
+from keras_softkd import _io, methods
 
 __all__ = [
     "Runs",
@@ -84,24 +84,15 @@ RESULTS_FILE = "results.json"
 PLOT_FILE = "curves.png"  # ``--plot`` without a file name: beside the results
 HISTORY_FILE = "history.csv"
 
-METHOD_ORDER = ("ce", "lsr", "lsrkd", "lsrkd_tc", "mrkd", "mrkd_tc", "pseudo_kd", "kd")
-METHOD_LABELS = {
-    "ce": "Baseline",
-    "lsr": "LSR",
-    "lsrkd": "LsrKD",
-    "lsrkd_tc": "LsrKD-TC",
-    "pseudo_kd": "Pseudo-KD",
-    "kd": "KD",
-}
-_MEMORY_REPLAY = ("mrkd", "mrkd_tc")
+METHOD_ORDER = tuple(methods.names())
 DATASET_ORDER = ("cifar10", "cifar100", "cinic10")
 
 # The distillation hyper-parameters each method reads; the others it ignores
 # (and a cell does not compare them). Training hyper-parameters (lr, ...)
 # always matter. An unknown method compares them all.
-_DISTILLATION_KEYS = tuple(k for k in METHOD_HYPERPARAMETERS if k != "teacher")
+_DISTILLATION_KEYS = tuple(k for k in methods.hyperparameters() if k != "teacher")
 _METHOD_USES = {
-    method: tuple(k for k in params if k != "teacher") for method, params in METHOD_PARAMETERS.items()
+    name: tuple(k for k in methods.get(name).parameters if k != "teacher") for name in METHOD_ORDER
 }
 
 # metric -> (title, scale, decimals)
@@ -427,19 +418,13 @@ def _column(run: Mapping[str, Any], columns: str) -> tuple[tuple, str]:
         value = _field(run, columns)
         return (_sort_key(columns, value),), f"{columns}={_display(value)}"
     method = run["method"]
-    if method in METHOD_ORDER:
-        position = (0, METHOD_ORDER.index(method), "")
-    else:
-        position = (1, 0, method)
-    if method in _MEMORY_REPLAY:
-        copies = _field(run, "copies")
-        count = "" if copies is None else f"-{copies}"
-        label = f"MrKD{count}" + ("-TC" if method == "mrkd_tc" else "")
-        literal = bool(_field(run, "initial_weights_teach"))  # the ablation: its own column
-        if literal:
-            label += " (initial weights teach)"
-        return (*position, _sort_key("copies", copies), literal), label
-    return (*position, (0, 0.0, ()), False), METHOD_LABELS.get(method, method)
+    if method not in METHOD_ORDER:
+        return (1, 0, method), method
+    entry = methods.get(method)
+    copies = _field(run, "copies") if "{copies}" in entry.label else None
+    ablations = {name: bool(_field(run, name)) for name in entry.ablations}  # each its own column
+    key = (0, METHOD_ORDER.index(method), "", _sort_key("copies", copies), *ablations.values())
+    return key, entry.label_for({"copies": copies, **ablations})
 
 
 def _sort_key(key: str, value: Any) -> tuple:

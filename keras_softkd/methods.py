@@ -1,0 +1,385 @@
+"""The training methods by name, each declared once: ``methods.get("mrkd_tc")``.
+
+As ``models`` is for networks, this table is for methods: every other place
+reads it -- ``config`` (valid names, hyper-parameters, defaults),
+``experiment.build_trainer`` (the trainer and its loss), ``train.py``
+(``--method`` and the hyper-parameter flags' help), ``report`` (column order
+and labels), ``grid`` and ``flags/make_flagfiles.py`` (column names), the
+benchmarks (method lists).
+
+An entry (:class:`Method`) holds:
+
+* ``name``: the ``--method`` value and ``results.json``'s ``method``;
+* ``label``: the report's column, as the MrKD paper's Table 1 names it;
+  ``-{copies}`` is the run's number of memory copies (``MrKD-3-TC``), left
+  out when unknown;
+* ``help``: one line for ``--method``'s help;
+* ``parameters``: the hyper-parameters the method reads, in order, each with
+  its default (METHODS.md, "Methods"): a value, :class:`PerDataset`,
+  :class:`EpochsOver` or :class:`Required`;
+* ``build``: ``build(config, student, setup) -> (trainer, compile_kwargs)``;
+  :func:`with_loss` makes one for a method that is a loss on the student's
+  logits;
+* ``column``: the short spelling with the copies in it (``mrkd{copies}_tc``);
+* ``ablations``: boolean hyper-parameters whose runs the report shows in a
+  column of their own (``MrKD-3 (initial weights teach)``).
+
+Spellings of one method:
+
+* **method** (``--method``, ``results.json``): ``mrkd_tc``;
+* **column** (the canonical short spelling: ``grid --methods``, the
+  flagfiles' names and folders, ``benchmarks/*.py --methods``): ``mrkd3_tc``
+  is ``--method=mrkd_tc --copies=3``, and every method name is a column too
+  (``mrkd_tc``: the default copies). The benchmarks' former ``mrkd-3`` (and
+  likewise ``mrkd-3_tc``) is accepted as an alias of ``mrkd3``;
+* **label** (the report): ``MrKD-3-TC``.
+
+A new teacher-free loss needs its function and ``Loss`` class in
+``losses.py``, one entry below (``build=with_loss(...)``) and its reference
+test in ``tests/test_losses.py``; ``tests/test_methods.py`` trains every entry
+one step and checks the entries against ``train.py`` and ``ExperimentConfig``.
+
+Example:
+
+>>> from keras_softkd import methods
+>>> methods.names()[:4]
+['ce', 'lsr', 'lsrkd', 'lsrkd_tc']
+>>> methods.get("lsrkd_tc").defaults("cifar100", epochs=200)
+{'alpha': 0.1, 'temperature': 3.0, 'gamma': 0.025}
+>>> methods.parse_name("mrkd3_tc")
+('mrkd_tc', {'copies': 3})
+>>> methods.train_flags("mrkd3_tc")
+['--method=mrkd_tc', '--copies=3']
+>>> methods.get("mrkd_tc").label_for({"copies": 3})
+'MrKD-3-TC'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Union
+
+import keras
+
+from keras_softkd import losses
+from keras_softkd.distillation import KDModel
+from keras_softkd.memory_replay import MrKDModel
+
+if TYPE_CHECKING:  # config imports this module
+    from keras_softkd.config import ExperimentConfig
+
+__all__ = [
+    "EpochsOver",
+    "Method",
+    "PerDataset",
+    "Required",
+    "Setup",
+    "canonical",
+    "column_name",
+    "counted_columns",
+    "flag_help",
+    "get",
+    "hyperparameters",
+    "method_help",
+    "names",
+    "parse_name",
+    "train_flags",
+    "with_loss",
+]
+
+
+# --------------------------------------------------------------------------
+# Defaults
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PerDataset:
+    """A default that differs on CIFAR-100 (the papers' "CIFAR-100 / CIFAR-10, CINIC-10")."""
+
+    cifar100: Any
+    other: Any
+
+    def value(self, dataset: str, epochs: int) -> Any:
+        return self.cifar100 if dataset == "cifar100" else self.other
+
+    def __str__(self) -> str:
+        return f"{_show(self.cifar100)} on cifar100, else {_show(self.other)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochsOver:
+    """A default in epochs kept in proportion to the run: ``epochs / divisor``."""
+
+    divisor: int
+
+    def value(self, dataset: str, epochs: int) -> float:
+        return epochs / self.divisor
+
+    def __str__(self) -> str:
+        return f"epochs/{self.divisor}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Required:
+    """No default: the run must give it; ``what`` completes "--method=kd needs --teacher, ..."."""
+
+    what: str
+
+    def __str__(self) -> str:
+        return "required"
+
+
+Default = Union[bool, int, float, str, PerDataset, EpochsOver, Required]
+
+
+# --------------------------------------------------------------------------
+# The entries
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a method's builder gets besides the resolved config and the student."""
+
+    num_classes: int
+    steps_per_epoch: int
+
+
+Builder = Callable[["ExperimentConfig", keras.Model, Setup], "tuple[keras.Model, dict]"]
+
+_COPIES = re.compile(r"-\{copies\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One training method (see the module docstring for the fields)."""
+
+    name: str
+    label: str
+    help: str
+    parameters: Mapping[str, Default]
+    build: Builder
+    column: str = ""
+    ablations: tuple[str, ...] = ()
+
+    def defaults(self, dataset: str, epochs: int) -> dict:
+        """The method's defaults for ``dataset`` and a run of ``epochs`` (required ones left out).
+
+        Example:
+            >>> get("mrkd").defaults("cifar10", epochs=16)
+            {'alpha': 0.1, 'temperature': 3.0, 'copies': 3, 'kappa': 2.0, 'initial_weights_teach': False}
+        """
+        values = {}
+        for name, default in self.parameters.items():
+            if isinstance(default, Required):
+                continue
+            is_rule = isinstance(default, (PerDataset, EpochsOver))
+            values[name] = default.value(dataset, epochs) if is_rule else default
+        return values
+
+    def required(self) -> dict[str, Required]:
+        """The hyper-parameters without a default."""
+        return {k: v for k, v in self.parameters.items() if isinstance(v, Required)}
+
+    def label_for(self, values: Mapping[str, Any]) -> str:
+        """The report's label of a run with these hyper-parameters.
+
+        Example:
+            >>> get("mrkd").label_for({"copies": 1, "initial_weights_teach": True})
+            'MrKD-1 (initial weights teach)'
+            >>> get("mrkd_tc").label_for({})
+            'MrKD-TC'
+        """
+        copies = values.get("copies")
+        label = _COPIES.sub("" if copies is None else f"-{copies}", self.label)
+        for name in self.ablations:
+            if values.get(name):
+                label += f" ({name.replace('_', ' ')})"
+        return label
+
+    def column_pattern(self) -> re.Pattern | None:
+        """The regular expression of the ``column`` spelling (``mrkd-3`` too), or None."""
+        if not self.column:
+            return None
+        prefix, _, suffix = self.column.partition("{copies}")
+        return re.compile(f"^{re.escape(prefix)}-?(\\d+){re.escape(suffix)}$")
+
+
+def with_loss(make_loss: Callable[["ExperimentConfig"], keras.losses.Loss]) -> Builder:
+    """A builder for a method that is a loss on the student's logits: the student is the trainer.
+
+    Example:
+        >>> build = with_loss(lambda config: losses.LSRLoss(alpha=config.alpha))
+    """
+
+    def build(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+        return student, {"loss": make_loss(config)}
+
+    return build
+
+
+def _memory_replay(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+    trainer = MrKDModel(
+        student, copies=config.copies, interval=config.interval_steps(setup.steps_per_epoch),
+        alpha=config.alpha, temperature=config.temperature, gamma=config.gamma,
+        initial_weights_teach=config.initial_weights_teach,
+    )
+    return trainer, {}
+
+
+def _distillation(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+    from keras_softkd.experiment import load_teacher  # experiment imports this module
+
+    teacher = load_teacher(config.teacher, setup.num_classes)
+    return KDModel(student, teacher=teacher, alpha=config.alpha, temperature=config.temperature), {}
+
+
+_KAPPA = EpochsOver(8)  # the paper's 25 epochs of 200, in proportion for shorter runs
+_MRKD_ALPHA = PerDataset(cifar100=0.25, other=0.1)
+
+_TABLE: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method(
+            "ce", "Baseline", "cross-entropy, the baseline", {},
+            with_loss(lambda c: keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+        ),
+        Method(
+            "lsr", "LSR", "label smoothing: CE with targets (1-a) p + a u (W 5, 6)",
+            {"alpha": 0.1},
+            with_loss(lambda c: losses.LSRLoss(alpha=c.alpha)),
+        ),
+        Method(
+            "lsrkd", "LsrKD", "(1-a) CE + a t KL(u || q(t)), a uniform teacher (W 10)",
+            {"alpha": 0.1, "temperature": 3.0},
+            with_loss(lambda c: losses.LsrKDLoss(alpha=c.alpha, temperature=c.temperature)),
+        ),
+        Method(
+            "lsrkd_tc", "LsrKD-TC",
+            "lsrkd with Teacher Correction: the teacher gives the true class gamma (W 11, 12)",
+            {"alpha": 0.1, "temperature": 3.0, "gamma": PerDataset(cifar100=0.025, other=0.25)},
+            with_loss(lambda c: losses.LsrKDLoss(alpha=c.alpha, temperature=c.temperature, gamma=c.gamma)),
+        ),
+        Method(
+            "mrkd", "MrKD-{copies}",
+            "memory-replay KD from n copies of the model, refreshed every kappa epochs (W 13, 14)",
+            {"alpha": _MRKD_ALPHA, "temperature": 3.0, "copies": 3, "kappa": _KAPPA,
+             "initial_weights_teach": False},
+            _memory_replay, column="mrkd{copies}", ablations=("initial_weights_teach",),
+        ),
+        Method(
+            "mrkd_tc", "MrKD-{copies}-TC", "mrkd with Teacher Correction of every copy (W 16, 17)",
+            {"alpha": _MRKD_ALPHA, "temperature": 3.0, "gamma": 0.25, "copies": 3, "kappa": _KAPPA,
+             "initial_weights_teach": False},
+            _memory_replay, column="mrkd{copies}_tc", ablations=("initial_weights_teach",),
+        ),
+        Method(
+            "pseudo_kd", "Pseudo-KD",
+            "label smoothing by the student's own P* = softmax(z a / b) (P 5, 10-13)",
+            {"alpha": 0.2, "beta": PerDataset(cifar100=1.5, other=2.5)},
+            with_loss(lambda c: losses.PseudoKDLoss(alpha=c.alpha, beta=c.beta)),
+        ),
+        Method(
+            "kd", "KD", "KD from a fixed pre-trained --teacher (Hinton et al.; W 4)",
+            {"alpha": 0.9, "temperature": 4.0,
+             "teacher": Required("a .keras file of a trained model")},
+            _distillation,
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------
+# Reading the table
+# --------------------------------------------------------------------------
+
+
+def names() -> list[str]:
+    """The method names, in the papers' order (the report's columns)."""
+    return list(_TABLE)
+
+
+def get(name: str) -> Method:
+    """The entry of ``name``; ``ValueError`` naming the valid names otherwise."""
+    if name not in _TABLE:
+        raise ValueError(f"Unknown method {name!r}; valid names: {', '.join(_TABLE)}.")
+    return _TABLE[name]
+
+
+def hyperparameters() -> tuple[str, ...]:
+    """Every hyper-parameter some method reads (each a ``train.py`` flag and config field)."""
+    return tuple(dict.fromkeys(name for method in _TABLE.values() for name in method.parameters))
+
+
+def parse_name(text: str) -> tuple[str, dict[str, int]]:
+    """A method or column name -> ``(method, fixed hyper-parameters)``; ``ValueError`` otherwise.
+
+    Example:
+        >>> parse_name("lsr"), parse_name("mrkd1"), parse_name("mrkd-3")
+        (('lsr', {}), ('mrkd', {'copies': 1}), ('mrkd', {'copies': 3}))
+    """
+    if text in _TABLE:
+        return text, {}
+    for method in _TABLE.values():
+        pattern = method.column_pattern()
+        match = pattern.match(text) if pattern else None
+        if match:
+            if int(match.group(1)) < 1:
+                raise ValueError(f"{text!r} needs at least 1 copy.")
+            return method.name, {"copies": int(match.group(1))}
+    templates = counted_columns()
+    raise ValueError(
+        f"{text!r} is not a method; use one of {', '.join(_TABLE)}, or {' / '.join(templates)} "
+        f"for N copies (e.g. {', '.join(t.replace('<N>', '3') for t in templates)})."
+    )
+
+
+def counted_columns() -> list[str]:
+    """The column names that carry the number of copies: ``['mrkd<N>', 'mrkd<N>_tc']``."""
+    return [m.column.replace("{copies}", "<N>") for m in _TABLE.values() if m.column]
+
+
+def column_name(method: str, copies: int | None = None) -> str:
+    """The canonical short spelling: ``column_name("mrkd_tc", 3) == "mrkd3_tc"``."""
+    entry = get(method)
+    if copies is None:
+        return method
+    if not entry.column:
+        raise ValueError(f"{method!r} has no memory copies.")
+    return entry.column.format(copies=copies)
+
+
+def canonical(text: str) -> str:
+    """The canonical column spelling of a method or column name: ``canonical("mrkd-3") == "mrkd3"``."""
+    method, fixed = parse_name(text)
+    return column_name(method, **fixed)
+
+
+def train_flags(text: str) -> list[str]:
+    """The ``train.py`` flags of a method or column name (``mrkd3`` -> ``--method=mrkd --copies=3``)."""
+    method, fixed = parse_name(text)
+    return [f"--method={method}", *(f"--{key}={value}" for key, value in fixed.items())]
+
+
+def method_help() -> str:
+    """``--method``'s help: every method with its one line."""
+    return "Training method: " + "; ".join(f"{m.name}: {m.help}" for m in _TABLE.values()) + "."
+
+
+def flag_help(parameter: str, text: str) -> str:
+    """A hyper-parameter flag's help: ``text`` plus the methods that read it and their defaults.
+
+    Example:
+        >>> flag_help("beta", "Pseudo-KD beta > 0.")
+        'Pseudo-KD beta > 0. Used by (default): pseudo_kd (1.5 on cifar100, else 2.5).'
+    """
+    uses = [f"{m.name} ({_show(m.parameters[parameter])})" for m in _TABLE.values()
+            if parameter in m.parameters]
+    return f"{text} Used by (default): {', '.join(uses)}."
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
