@@ -56,6 +56,12 @@ flags.DEFINE_bool("initial_weights_teach", None, methods.flag_help(
     "initial_weights_teach", "MrKD ablation: every memory copy teaches from step 1, the initial "
     "weights included (Algorithm 1 read literally); false: a copy teaches once refreshed."))
 flags.DEFINE_string("teacher", None, methods.flag_help("teacher", "A trained .keras model."))
+flags.DEFINE_float("multiplier", None, methods.flag_help(
+    "multiplier", "TF-reg's per-network weight m > 0 of its KL term (the reference code's)."))
+flags.DEFINE_float("correct_probability", None, methods.flag_help(
+    "correct_probability", "TF-reg's hand-made teacher: probability of the true class."))
+flags.DEFINE_enum("tf_reg_form", None, ["code", "paper"], methods.flag_help(
+    "tf_reg_form", "TF-reg: the reference code's loss, or the paper's Eq. 9 (docs/METHODS.md)."))
 flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initialisation).")
 flags.DEFINE_string("output_dir", "runs/{method}/seed{seed}",
                     "Where results, checkpoints and logs go; {method} and {seed} are filled in.")

@@ -66,6 +66,9 @@ class ExperimentConfig:
     kappa: Optional[float] = None
     initial_weights_teach: Optional[bool] = None
     teacher: Optional[str] = None
+    multiplier: Optional[float] = None
+    correct_probability: Optional[float] = None
+    tf_reg_form: Optional[str] = None
     seed: int = 0
     strategy: str = "auto"
     mixed_precision: bool = False
@@ -125,6 +128,14 @@ class ExperimentConfig:
                 "--initial_weights_teach must be true or false; got "
                 f"{values['initial_weights_teach']!r}."
             )
+        if "multiplier" in values:
+            _number_in("multiplier", values["multiplier"], 0.0, math.inf, low_open=True)
+        if "correct_probability" in values:
+            _number_in("correct_probability", values["correct_probability"], 0.0, 1.0)
+        if "tf_reg_form" in values:
+            from keras_softkd.losses import TF_REG_FORMS
+
+            _one_of("tf_reg_form", values["tf_reg_form"], TF_REG_FORMS)
         for name, required in methods.get(self.method).required().items():
             if not values.get(name):
                 raise UsageError(f"--method={self.method} needs --{name}, {required.what}.")

@@ -283,6 +283,18 @@ _TABLE: dict[str, Method] = {
             with_loss(lambda c: losses.PseudoKDLoss(alpha=c.alpha, beta=c.beta)),
         ),
         Method(
+            "tf_reg", "TF-reg",
+            "KD from a hand-made teacher, as the reference code computes it (Yuan et al. 2020)",
+            # ResNet-18's settings in the reference code; m = K keeps its KL weight a m / K
+            # on CIFAR-10 (docs/METHODS.md, TF-reg).
+            {"alpha": 0.1, "temperature": 20.0, "multiplier": PerDataset(cifar100=100.0, other=10.0),
+             "correct_probability": 0.99, "tf_reg_form": "code"},
+            with_loss(lambda c: losses.TFRegLoss(
+                alpha=c.alpha, temperature=c.temperature, multiplier=c.multiplier,
+                correct_probability=c.correct_probability, form=c.tf_reg_form,
+            )),
+        ),
+        Method(
             "kd", "KD", "KD from a fixed pre-trained --teacher (Hinton et al.; W 4)",
             {"alpha": 0.9, "temperature": 4.0,
              "teacher": Required("a .keras file of a trained model")},

@@ -79,7 +79,8 @@ def test_the_table_is_consistent():
         for parameter, default in entry.parameters.items():
             assert parameter in FIELDS, f"{name}: {parameter} is not an ExperimentConfig field"
             assert isinstance(
-                default, (bool, int, float, methods.PerDataset, methods.EpochsOver, methods.Required)
+                default,
+                (bool, int, float, str, methods.PerDataset, methods.EpochsOver, methods.Required),
             ), f"{name}: {parameter} has neither a default nor Required"
         for ablation in entry.ablations:
             assert isinstance(entry.parameters[ablation], bool), name

@@ -9,10 +9,10 @@ see that; these tests pin the behaviour:
 
 * the initial weights are such a one-class teacher (so the test would catch a
   change that made it harmless and the decision moot);
-* in its first steps an ``MrKDModel`` (default: a copy teaches once refreshed)
+* in its first step an ``MrKDModel`` (default: a copy teaches once refreshed)
   gets exactly cross-entropy's loss and gradient, while the literal reading
   (``initial_weights_teach=True``) does not;
-* after the first refresh, copy 1 (the student of 63 real training steps)
+* after the first refresh (ResNet-56 and ResNet-164), copy 1 (the student of 63 real steps)
   predicts finite, moderate logits whose probability is spread over the
   classes (no image near certainty, no class with most of the mass; the
   initial weights put ~all of it on one or two), and the teacher diagnostics
@@ -36,6 +36,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 DEEP = ["resnet56", "resnet110", "resnet164", "preresnet110", "preresnet164"]
+# Trained STEPS steps (minutes each on a CPU): the shallowest and the deepest of DEEP, basic and
+# bottleneck blocks. The other three were checked the same way when the test was written.
+TRAINED = ["resnet56", "resnet164"]
 TEMPERATURE = 3.0
 # Training steps before the first refresh. A copy is the student in inference mode, whose
 # BatchNorm averages (momentum 0.9) still carry 0.9^k of the initial mean 0 / variance 1 after
@@ -93,9 +96,7 @@ def ce_and_gradients(student, x, y):
 
 
 @pytest.mark.parametrize("name", DEEP)
-def test_first_steps_are_cross_entropy_and_the_copies_are_sane_after_the_first_refresh(
-    name, images
-):
+def test_initial_weights_teach_one_class_and_the_first_step_is_cross_entropy(name, images):
     x_train, y_train, x_test, y_test = images
 
     # The initial weights are a one-class teacher on real images (the reason for the decision).
@@ -120,6 +121,16 @@ def test_first_steps_are_cross_entropy_and_the_copies_are_sane_after_the_first_r
     change = [np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12)
               for a, b in zip(literal_grads, want_grads)]
     assert max(change) > 0.05, max(change)  # the one-class teacher moves the update
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_the_first_refreshed_copy_teaches_a_spread_distribution(name, images):
+    x_train, y_train, x_test, y_test = images
+    mrkd = fresh(name, interval=STEPS)
+    # The initial weights in inference mode (what the literal reading's copies teach).
+    initial = metrics.teacher_summary(
+        keras.ops.convert_to_numpy(mrkd.student(x_test, training=False)), TEMPERATURE
+    )
 
     # STEPS real training steps; the refresh before the last one makes copy 1 the student
     # after STEPS - 1 updates, which then teaches: finite, spread over the classes.
