@@ -75,6 +75,7 @@ def run(config: ExperimentConfig) -> dict:
     train, steps_per_epoch = data.training_input(
         x_train, y_train, dataset=config.dataset, batch_size=config.batch_size, seed=config.seed,
         first_epoch=first_epoch, epochs=config.epochs, batch_multiple=split,
+        inputs=methods.get(config.method).inputs,
     )
     eval_batch = -(-256 // split) * split  # 256, or the next multiple of the devices
     evaluation = data.evaluation_input(
@@ -97,7 +98,8 @@ def run(config: ExperimentConfig) -> dict:
     # Inside the scope: tf.distribute and keras.distribution (JAX) place the variables
     # on the devices, and keras.distribution splits the batches of fit and predict.
     with strategy.scope():
-        trainer = build_trainer(config, num_classes, steps_per_epoch, strategy.num_replicas_in_sync)
+        trainer = build_trainer(config, num_classes, steps_per_epoch, strategy.num_replicas_in_sync,
+                                num_examples=len(x_train))
         distribute.prepare_model(trainer, strategy)
         checkpoint.restore(trainer)
         if first_epoch < config.epochs:
@@ -177,11 +179,13 @@ def build_trainer(
     steps_per_epoch: int,
     replicas: int = 1,
     student: keras.Model | None = None,
+    num_examples: int = 0,
 ) -> keras.Model:
     """The compiled model that ``fit`` trains for ``config.method`` (a resolved config).
 
     ``student``: the network to train; by default ``config.model`` from the
     registry (with synchronised BatchNorm over TensorFlow replicas).
+    ``num_examples``: the training set's size (a per-example table's rows).
     """
     if student is None:
         # Synchronised BatchNorm for tf.distribute replicas; on JAX, keras.distribution already
@@ -194,7 +198,8 @@ def build_trainer(
         l2=config.weight_decay,
     )
     accuracy = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    setup = methods.Setup(num_classes=num_classes, steps_per_epoch=steps_per_epoch)
+    setup = methods.Setup(num_classes=num_classes, steps_per_epoch=steps_per_epoch,
+                          num_examples=num_examples, epochs=config.epochs)
     trainer, compile_args = methods.get(config.method).build(config, student, setup)
     # Weighted: the zero-weight examples that pad an evaluation batch over several devices
     # do not count (training batches carry no weights).

@@ -22,7 +22,11 @@ An entry (:class:`Method`) holds:
   logits;
 * ``column``: the short spelling with the copies in it (``mrkd{copies}_tc``);
 * ``ablations``: boolean hyper-parameters whose runs the report shows in a
-  column of their own (``MrKD-3 (initial weights teach)``).
+  column of their own (``MrKD-3 (initial weights teach)``);
+* ``inputs``: what its training batches carry besides the images
+  (``keras_softkd.data.TRAINING_INPUTS``): ``"labels"`` (the default),
+  ``"indices"`` (each example's index in the training set, for a
+  per-example table) or ``"pairs"`` (a same-class partner per example).
 
 Spellings of one method:
 
@@ -146,6 +150,8 @@ class Setup:
 
     num_classes: int
     steps_per_epoch: int
+    num_examples: int = 0  # training examples (a per-example table's rows)
+    epochs: int = 0
 
 
 Builder = Callable[["ExperimentConfig", keras.Model, Setup], "tuple[keras.Model, dict]"]
@@ -164,6 +170,7 @@ class Method:
     build: Builder
     column: str = ""
     ablations: tuple[str, ...] = ()
+    inputs: str = "labels"
 
     def defaults(self, dataset: str, epochs: int) -> dict:
         """The method's defaults for ``dataset`` and a run of ``epochs`` (required ones left out).

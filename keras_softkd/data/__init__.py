@@ -30,6 +30,7 @@ import importlib
 
 from keras_softkd.data.info import DATASETS, DatasetInfo
 from keras_softkd.data.py_dataset import (
+    TRAINING_INPUTS,
     EvalPyDataset,
     TrainPyDataset,
     evaluation_input,
@@ -66,6 +67,7 @@ __all__ = [
     "DatasetInfo",
     "EvalPyDataset",
     "SPLITS",
+    "TRAINING_INPUTS",
     "TrainPyDataset",
     "augment_batch",
     "eval_dataset",

@@ -446,6 +446,9 @@ class EvalPyDataset(_PrefetchingPyDataset):
 # Choosing by backend
 # ---------------------------------------------------------------------------
 
+#: What a method's training batches carry besides the images (``methods.Method.inputs``).
+TRAINING_INPUTS = ("labels",)
+
 
 def training_input(
     x: np.ndarray,
@@ -460,6 +463,7 @@ def training_input(
     backend: str | None = None,
     workers: int = 2,
     batch_multiple: int = 1,
+    inputs: str = "labels",
 ):
     """Training batches of epochs ``first_epoch .. epochs - 1`` for ``fit``, by backend.
 
@@ -471,9 +475,16 @@ def training_input(
     ``keras.distribution`` splits each batch over) applies to the PyDataset;
     tf.distribute splits an uneven batch itself, so tf.data keeps every example.
 
+    ``inputs`` (one of :data:`TRAINING_INPUTS`, a method's ``inputs`` in the
+    method table): ``"labels"``, batches ``(images, labels)``.
+
     Returns:
         ``(data, steps_per_epoch)``.
     """
+    if inputs not in TRAINING_INPUTS:
+        raise ValueError(
+            f"`inputs` must be one of {list(TRAINING_INPUTS)}; got inputs={inputs!r}."
+        )
     backend = backend or keras.backend.backend()
     if backend == "tensorflow":
         from keras_softkd.data import pipeline
