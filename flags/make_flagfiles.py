@@ -8,7 +8,10 @@ W = "Extending Label Smoothing Regularization with Self-Knowledge Distillation"
 MrKD-3-TC. P = "Pseudo Knowledge Distillation" (Table 1, CIFAR-100 and
 CIFAR-10): 200 epochs, lr /5 at 60/120/160, batch 128 (64 for ResNeXt-29,
 ResNet-50, ResNet-101), columns Base, LS, KD-Shuffle, KD-29, Pseudo-KD; its
-Table 2 reports the same runs for MobileNetV2, ResNet-18 and ResNet-50.
+Table 2 (MobileNetV2, ResNet-18, ResNet-50) adds the teacher-free baselines
+(here: TF-reg) beside Base, KD-29, LS and Pseudo-KD, the same runs: both
+tables' cells write to ``runs/p/<dataset>/<model>/<column>/``, so a cell in
+both is run once (``python -m keras_softkd.report runs/p --layout=p_table2``).
 Hyper-parameters not written here are the papers' defaults (config.py).
 Output directories hold ``{seed}``, filled from --seed, so seeds never collide.
 
@@ -54,6 +57,11 @@ W_TABLES = {
 P_MODELS = ["shufflenetv2", "mobilenetv2", "resnet18", "resnext29_8x64d", "resnet50", "resnet101"]
 P_SMALL_BATCH = {"resnext29_8x64d", "resnet50", "resnet101"}
 P_KD = ["--alpha=0.9", "--temperature=5"]  # from P's grids; see the docstring
+P_TABLE2_MODELS = ["mobilenetv2", "resnet18", "resnet50"]
+# TF-reg as the reference code sets it per network on CIFAR-100 (reg_alpha, reg_temperature,
+# multiplier; docs/METHODS.md, TF-reg): ResNet-50 has none there and takes ResNet-18's; on
+# CIFAR-10 the multiplier is scaled by 10/100 to keep the KL weight alpha m / K.
+TF_REG = {"mobilenetv2": (0.95, 40, 1.0), "resnet18": (0.1, 20, 100.0), "resnet50": (0.1, 20, 100.0)}
 
 
 def write(path: pathlib.Path, lines: list[str]) -> None:
@@ -76,26 +84,48 @@ def main() -> None:
                 count += 1
     for dataset in ("cifar100", "cifar10"):
         for model in P_MODELS:
-            batch = 64 if model in P_SMALL_BATCH else 128
-            columns = {
-                "ce": train_flags("ce"),
-                "lsr": train_flags("lsr"),
-                "kd_shufflenetv2": [*train_flags("kd"), *P_KD,
-                                    f"--teacher=runs/p_table1/{dataset}/shufflenetv2/ce/seed0/model_best.keras"],
-                "kd_resnext29": [*train_flags("kd"), *P_KD,
-                                 f"--teacher=runs/p_table1/{dataset}/resnext29_8x64d/ce/seed0/model_best.keras"],
-                "pseudo_kd": train_flags("pseudo_kd"),
-            }
-            for column, method_flags in columns.items():
-                write(ROOT / "p_table1" / dataset / f"{model}_{column}.flags", [
-                    f"# P TABLE 1 ({dataset}), {model}, column {column}",
-                    f"--dataset={dataset}", f"--model={model}", *method_flags,
-                    "--epochs=200", f"--batch_size={batch}", "--lr=0.1", "--lr_schedule=step",
-                    "--weight_decay=5e-4", "--validation_fraction=0.1", "--keep_best",
-                    f"--output_dir=runs/p_table1/{dataset}/{model}/{column}/seed{{seed}}",
-                ])
+            for column, method_flags in p_columns(dataset, model, table2=False).items():
+                write_p_cell("p_table1", dataset, model, column, method_flags)
+                count += 1
+        for model in P_TABLE2_MODELS:
+            for column, method_flags in p_columns(dataset, model, table2=True).items():
+                write_p_cell("p_table2", dataset, model, column, method_flags)
                 count += 1
     print(f"wrote {count} flagfiles")
+
+
+def p_columns(dataset: str, model: str, table2: bool) -> dict[str, list[str]]:
+    """P's columns for one network: Table 1's, or Table 2's (the same runs where they share one)."""
+    def teacher(network):
+        return f"--teacher=runs/p/{dataset}/{network}/ce/seed0/model_best.keras"
+
+    columns = {
+        "ce": train_flags("ce"),
+        "lsr": train_flags("lsr"),
+        "kd_shufflenetv2": [*train_flags("kd"), *P_KD, teacher("shufflenetv2")],
+        "kd_resnext29": [*train_flags("kd"), *P_KD, teacher("resnext29_8x64d")],
+        "pseudo_kd": train_flags("pseudo_kd"),
+    }
+    if not table2:
+        return columns
+    alpha, temperature, multiplier = TF_REG[model]
+    multiplier *= 0.1 if dataset == "cifar10" else 1.0
+    del columns["kd_shufflenetv2"]  # Table 2 has KD-29 only
+    columns["tf_reg"] = [*train_flags("tf_reg"), f"--alpha={alpha:g}",
+                         f"--temperature={temperature:g}", f"--multiplier={multiplier:g}"]
+    return columns
+
+
+def write_p_cell(table: str, dataset: str, model: str, column: str, method_flags: list[str]):
+    """One cell of P's protocol; both tables' runs share runs/p/ (a cell in both is one run)."""
+    batch = 64 if model in P_SMALL_BATCH else 128
+    write(ROOT / table / dataset / f"{model}_{column}.flags", [
+        f"# P TABLE {table[-1]} ({dataset}), {model}, column {column}",
+        f"--dataset={dataset}", f"--model={model}", *method_flags,
+        "--epochs=200", f"--batch_size={batch}", "--lr=0.1", "--lr_schedule=step",
+        "--weight_decay=5e-4", "--validation_fraction=0.1", "--keep_best",
+        f"--output_dir=runs/p/{dataset}/{model}/{column}/seed{{seed}}",
+    ])
 
 
 if __name__ == "__main__":

@@ -131,6 +131,8 @@ def run(config: ExperimentConfig) -> dict:
         "train_examples_used": int(len(x_train)),
         "replicas": strategy.num_replicas_in_sync,
         **(best.summary() if best else {}),
+        # The teacher's network names the KD column (P's "KD-29" is KD from ResNeXt-29).
+        **({"teacher_model": trainer.teacher.name} if isinstance(trainer, KDModel) else {}),
         "output_dir": str(output),
         "completed": True,
         "versions": versions(),

@@ -74,6 +74,7 @@ __all__ = [
     "table",
     "differences",
     "table_all",
+    "p_table2",
     "plot_curves",
     "main",
 ]
@@ -101,8 +102,10 @@ METRICS = {
     "test_top5_error": ("Top-5 test error (%)", 100.0, 2),
     "test_nll": ("Test negative log-likelihood (nats)", 1.0, 3),
     "test_ece": ("Test expected calibration error (%, 15 bins)", 100.0, 2),
+    "test_accuracy": ("Top-1 test accuracy (%)", 100.0, 2),
 }
 TABLE_ALL_METRICS = ("test_error", "test_nll", "test_ece")
+LAYOUTS = ("tables", "p_table2")  # the command line's --layout
 
 MISSING = "—"
 
@@ -406,6 +409,52 @@ def table_all(runs: Sequence[Mapping[str, Any]]) -> str:
     return "\n\n".join([*sections, note]) + "\n"
 
 
+def p_table2(runs: Sequence[Mapping[str, Any]]) -> str:
+    """P's Table 2 layout: a row per method, for each dataset and model the test accuracy and time.
+
+    Accuracy: ``100 (1 - test_error)``, mean ± sample std (n) over seeds, as in
+    :func:`table`; time: the mean ``wall_seconds`` of those runs (P: "training
+    time for 200 epoch", on its V100), in hours (minutes under one hour).
+
+    Example:
+        >>> runs = [
+        ...     {"method": m, "dataset": "cifar100", "model": "resnet18", "seed": s,
+        ...      "test_error": e, "wall_seconds": 3960.0, "hyperparameters": {}}
+        ...     for m, s, e in [("ce", 0, 0.23), ("ce", 1, 0.24), ("tf_reg", 0, 0.22)]
+        ... ]
+        >>> print(p_table2(runs))
+        | method   | cifar100 resnet18 accuracy | cifar100 resnet18 time |
+        | -------- | -------------------------- | ---------------------- |
+        | Baseline | 76.50 ± 0.71 (2)           | 1.1 h                  |
+        | TF-reg   | 78.00 (1)                  | 1.1 h                  |
+    """
+    with_accuracy = []
+    for run in runs:
+        error = run.get("test_error")
+        accuracy = None if error is None else 1.0 - error
+        with_accuracy.append({**run, "test_accuracy": accuracy})
+    group_by, rows, labels = _grid(with_accuracy, ("dataset", "model"), "method")
+    header = ["method"]
+    for row in rows:
+        header += [f"{_display_row(row).replace(' / ', ' ')} accuracy",
+                   f"{_display_row(row).replace(' / ', ' ')} time"]
+    body = []
+    for column, label in labels.items():
+        line = [label]
+        for cells in rows.values():
+            cell = cells[column]
+            line.append(_format_cell(list(_metric_by_seed(cell, "test_accuracy").values()),
+                                     "test_accuracy"))
+            seconds = [run["wall_seconds"] for run in cell if run.get("wall_seconds") is not None]
+            line.append(_duration(float(np.mean(seconds))) if seconds else MISSING)
+        body.append(line)
+    return _markdown([header, *body])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
 def _field(run: Mapping[str, Any], key: str) -> Any:
     if key in run:
         return run[key]
@@ -423,8 +472,10 @@ def _column(run: Mapping[str, Any], columns: str) -> tuple[tuple, str]:
     entry = methods.get(method)
     copies = _field(run, "copies") if "{copies}" in entry.label else None
     ablations = {name: bool(_field(run, name)) for name in entry.ablations}  # each its own column
-    key = (0, METHOD_ORDER.index(method), "", _sort_key("copies", copies), *ablations.values())
-    return key, entry.label_for({"copies": copies, **ablations})
+    teacher = run.get("teacher_model") or ""  # KD from two networks: two columns (P's KD-29)
+    key = (0, METHOD_ORDER.index(method), teacher, _sort_key("copies", copies), *ablations.values())
+    label = entry.label_for({"copies": copies, **ablations})
+    return key, f"{label}-{teacher}" if teacher else label
 
 
 def _sort_key(key: str, value: Any) -> tuple:
@@ -684,6 +735,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the tables here")
     parser.add_argument(
+        "--layout", choices=LAYOUTS, default="tables",
+        help="tables: error, NLL and ECE per dataset and model, and the differences to the "
+        "baseline; p_table2: P's Table 2, a row per method with accuracy and training time",
+    )
+    parser.add_argument(
         "--plot", metavar="CURVES.png", nargs="?", const="",
         help="plot test error per epoch (and the teacher diagnostics of KD and MrKD runs) to this "
         f"file; without a file name, to {PLOT_FILE} in the first RUN_DIR, beside the results",
@@ -697,7 +753,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"  {file}", file=sys.stderr)
         if not runs:
             raise ValueError(f"no completed run ({RESULTS_FILE}) under {args.run_dirs}")
-        text = table_all(runs)
+        text = table_all(runs) if args.layout == "tables" else p_table2(runs) + "\n"
         print(text, end="")
         if args.markdown:
             _io.write_text_atomic(args.markdown, text)

@@ -369,3 +369,35 @@ def test_mrkd_with_initial_weights_teaching_is_its_own_column(tmp_path):
     header, rows = parse_table(report.table(runs))
     assert "MrKD-3" in header and "MrKD-3 (initial weights teach)" in header
     assert header.index("MrKD-3") < header.index("MrKD-3 (initial weights teach)")
+
+
+# --------------------------------------------------------------------------
+# P's Table 2 layout
+# --------------------------------------------------------------------------
+
+
+def test_p_table2_rows_are_methods_with_accuracy_and_time(tmp_path, capsys):
+    made = {}
+    for dataset in ("cifar100", "cifar10"):
+        for method in ("ce", "tf_reg", "pseudo_kd"):
+            for seed in range(3):
+                made[dataset, method, seed] = make_run(
+                    tmp_path, f"{dataset}/{method}/{seed}", method=method, seed=seed,
+                    dataset=dataset, model="resnet18", wall_seconds=3600.0 * (1 + seed),
+                )
+        for teacher in ("shufflenetv2", "resnext29_8x64d"):  # P's KD-Shuffle and KD-29
+            make_run(tmp_path, f"{dataset}/kd_{teacher}/0", method="kd", dataset=dataset,
+                     model="resnet18", teacher_model=teacher, wall_seconds=600.0)
+    text = report.p_table2(report.collect([tmp_path]))
+    lines = text.splitlines()
+    assert [cell.strip() for cell in lines[0].split("|")[1:-1]] == [
+        "method", "cifar10 resnet18 accuracy", "cifar10 resnet18 time",
+        "cifar100 resnet18 accuracy", "cifar100 resnet18 time",
+    ]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
+    assert list(rows) == ["Baseline", "Pseudo-KD", "TF-reg", "KD-resnext29_8x64d", "KD-shufflenetv2"]
+    accuracy = [100 * (1 - made["cifar100", "tf_reg", s]["test_error"]) for s in range(3)]
+    assert rows["TF-reg"][2] == f"{np.mean(accuracy):.2f} ± {np.std(accuracy, ddof=1):.2f} (3)"
+    assert rows["TF-reg"][3] == "2.0 h" and rows["KD-shufflenetv2"][1] == "10 min"
+    assert report.main([str(tmp_path), "--layout", "p_table2"]) == 0
+    assert capsys.readouterr().out == text + "\n"
