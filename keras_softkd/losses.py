@@ -401,8 +401,7 @@ def tf_reg(
     _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
     _checks.positive("temperature", temperature)
     _checks.positive("multiplier", multiplier)
-    if form not in TF_REG_FORMS:
-        raise ValueError(f"`form` must be one of {list(TF_REG_FORMS)}; got form={form!r}.")
+    _checked_form(form)
     logits = _checks.as_float32(logits)
     one_hot, valid = _checks.one_hot_labels(labels, logits)
     teacher = teachers.hand_made(one_hot, correct_probability, temperature)
@@ -414,6 +413,12 @@ def tf_reg(
         student = ops.log_softmax(logits / temperature, axis=-1)
     loss = (1.0 - alpha) * cross_entropy(one_hot, logits) + weight * kl_divergence(teacher, student)
     return _checks.mark_invalid(loss, valid)
+
+
+def _checked_form(form: str) -> str:
+    if form not in TF_REG_FORMS:
+        raise ValueError(f"`form` must be one of {list(TF_REG_FORMS)}; got form={form!r}.")
+    return form
 
 
 # --------------------------------------------------------------------------
@@ -629,9 +634,7 @@ class TFRegLoss(keras.losses.Loss):
         self.correct_probability = _checks.in_closed_range(
             "correct_probability", correct_probability, 0.0, 1.0
         )
-        if form not in TF_REG_FORMS:
-            raise ValueError(f"`form` must be one of {list(TF_REG_FORMS)}; got form={form!r}.")
-        self.form = form
+        self.form = _checked_form(form)
 
     def call(self, y_true, y_pred):
         return tf_reg(y_true, y_pred, self.alpha, self.temperature, self.multiplier,
