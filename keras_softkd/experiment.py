@@ -117,6 +117,7 @@ def run(config: ExperimentConfig) -> dict:
         if diverged
         else metrics.evaluate_logits(y_test, logits)
     )
+    teacher = getattr(trainer, "teacher", None)  # KDModel's
     results = {
         "method": config.method,
         "dataset": config.dataset,
@@ -132,7 +133,7 @@ def run(config: ExperimentConfig) -> dict:
         "replicas": strategy.num_replicas_in_sync,
         **(best.summary() if best else {}),
         # The teacher's network names the KD column (P's "KD-29" is KD from ResNeXt-29).
-        **({"teacher_model": trainer.teacher.name} if isinstance(trainer, KDModel) else {}),
+        **({"teacher_model": teacher.name} if isinstance(teacher, keras.Model) else {}),
         "output_dir": str(output),
         "completed": True,
         "versions": versions(),

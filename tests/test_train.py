@@ -145,6 +145,28 @@ def test_a_seed_fixes_the_initial_weights_and_the_batches_for_every_method(tmp_p
     assert not all(np.array_equal(a, b) for a, b in zip(reference["weights"], other["weights"]))
 
 
+def test_a_kd_run_records_its_teachers_network(tmp_path):
+    """results.json names the teacher's network, which names the report's KD column (KD-29)."""
+    import keras
+
+    from keras_softkd import models
+
+    data_dir = write_tiny_cifar(tmp_path / "data")
+    teacher = tmp_path / "teacher.keras"
+    models.build("resnet20", 10).save(teacher)
+    results = {}
+    for method, extra in [("kd", {"teacher": str(teacher)}), ("ce", {})]:
+        keras.backend.clear_session()
+        results[method] = experiment.run(ExperimentConfig(
+            method=method, model="resnet20", epochs=1, batch_size=32, data_dir=str(data_dir),
+            output_dir=str(tmp_path / method), **extra,
+        ))
+    assert results["kd"]["teacher_model"] == "resnet20"
+    assert "teacher_model" not in results["ce"]
+    written = json.loads((tmp_path / "kd" / "results.json").read_text())
+    assert written["teacher_model"] == "resnet20" and written["completed"]
+
+
 def test_keep_best_saves_the_student_of_the_best_held_out_epoch(tmp_path):
     """P picks teachers "based on their best accuracy": on the held-out split, never the test set."""
     import keras
