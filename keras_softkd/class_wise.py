@@ -87,6 +87,9 @@ class CSKDModel(Distiller):
         super().__init__(model, alpha=0.0, temperature=temperature, **kwargs)
         # The partner plays the teacher: Distiller hands its logits to the loss as teacher_logits.
         self.distillation_loss = CSKDLoss(temperature=temperature, lam=lam)
+        # The wrapper has no weights of its own: built with the student, so a checkpoint
+        # (experiment.EpochCheckpoint, load_weights) restores into it before any fit.
+        self.built = model.built
 
     @property
     def temperature(self) -> float:
