@@ -450,3 +450,63 @@ def test_real_cifar10_partners_are_sane_and_pull_same_class_predictions_together
     (_, kl_ce), (_, kl_cskd) = runs[0.0], runs[1.0]
     print(f"same-class KL: CS-KD {kl_cskd:.3f}, CE {kl_ce:.3f}")
     assert kl_cskd < 0.7 * kl_ce, (kl_cskd, kl_ce)
+
+
+_JAX_TWO_DEVICES = """
+import json, sys
+sys.modules["tensorflow"] = None  # the JAX path must not need TensorFlow
+import keras, numpy as np
+from keras_softkd import CSKDModel
+from keras_softkd.data import TrainPairsPyDataset
+rng = np.random.default_rng(0)
+x = rng.integers(0, 256, (44, 32, 32, 3), dtype=np.uint8)
+y = np.arange(44) % 3
+def run(distribution):
+    keras.utils.set_random_seed(0)
+    with distribution.scope() if distribution else __import__("contextlib").nullcontext():
+        inputs = keras.Input((32, 32, 3))
+        h = keras.layers.Conv2D(4, 3, strides=4, use_bias=False)(inputs)
+        h = keras.layers.BatchNormalization(momentum=0.5)(h)
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
+        student = keras.Model(inputs, keras.layers.Dense(3)(h))
+        trainer = CSKDModel(student, temperature=3.0, lam=2.0)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+        stream = TrainPairsPyDataset(x, y, dataset="cifar10", batch_size=8, seed=3, epochs=2,
+                                     batch_multiple=2)
+        history = trainer.fit(stream, epochs=2, steps_per_epoch=stream.steps_per_epoch, verbose=0)
+    return {"loss": history.history["loss"],
+            "weights": [np.asarray(w).tolist() for w in student.get_weights()]}
+devices = keras.distribution.list_devices()
+assert len(devices) == 2, devices
+print("RESULTS=" + json.dumps({"one": run(None),
+                                "two": run(keras.distribution.DataParallel(devices=devices))}))
+"""
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow",
+                    reason="run from the default (TensorFlow) suite, which starts the JAX process")
+def test_jax_data_parallel_over_two_devices_equals_one_device(tmp_path):
+    """keras.distribution.DataParallel over two JAX CPU devices splits anchors and partners
+    together (the last batch of 44 cut to a multiple of 2): weights and BatchNorm statistics
+    as on one device."""
+    import importlib.util
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install -e '.[backends]')")
+    script = tmp_path / "two_devices.py"
+    script.write_text(_JAX_TWO_DEVICES)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                            cwd=pathlib.Path(__file__).resolve().parents[1], timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = [l for l in result.stdout.splitlines() if l.startswith("RESULTS=")][0]
+    runs = json.loads(line[len("RESULTS="):])
+    np.testing.assert_allclose(runs["two"]["loss"], runs["one"]["loss"], rtol=1e-5)
+    for a, b in zip(runs["one"]["weights"], runs["two"]["weights"]):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-5)
