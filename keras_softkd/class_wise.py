@@ -127,12 +127,6 @@ class CSKDModel(Distiller):
             "lam": self.lam,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(config["model"])
-        return cls(**config)
-
 
 def _anchors(inputs):
     if isinstance(inputs, dict):
