@@ -510,3 +510,18 @@ def test_jax_data_parallel_over_two_devices_equals_one_device(tmp_path):
     np.testing.assert_allclose(runs["two"]["loss"], runs["one"]["loss"], rtol=1e-5)
     for a, b in zip(runs["one"]["weights"], runs["two"]["weights"]):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-5)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from keras_softkd import class_wise
+
+    modules = [class_wise]
+    if BACKEND == "tensorflow":
+        from keras_softkd.data import pipeline
+
+        modules.append(pipeline)
+    for module in modules:
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
