@@ -296,6 +296,20 @@ def test_partner_diagnostics_and_saving(tmp_path):
         CSKDModel(bn_student(), lam=-1.0)
 
 
+def test_mixed_precision_fit():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        student = bn_student()
+        trainer = CSKDModel(student)
+        trainer.compile(optimizer="sgd")
+        assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+        losses = train_on(trainer, step_data(2))
+        assert np.all(np.isfinite(losses))
+        assert all(np.isfinite(to_numpy(w)).all() for w in student.weights)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 # --------------------------------------------------------------------------
 # (d) steps_per_execution, two replicas
 # --------------------------------------------------------------------------
