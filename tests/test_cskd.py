@@ -539,3 +539,16 @@ def test_docstring_examples():
     for module in modules:
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_config_lam():
+    from keras_softkd.config import UsageError
+
+    resolved = ExperimentConfig(method="cs_kd").resolved()
+    assert (resolved.temperature, resolved.lam) == (4.0, 1.0)  # the reference code's CIFAR defaults
+    assert ExperimentConfig(method="cs_kd", lam=0.0).resolved().lam == 0.0  # plain CE, allowed
+    for bad in (-0.5, float("inf"), float("nan")):
+        with pytest.raises(UsageError, match=r"--lam must be in \[0, inf\)"):
+            ExperimentConfig(method="cs_kd", lam=bad).resolved()
+    with pytest.raises(UsageError, match="--lam does not apply to --method=ce"):
+        ExperimentConfig(method="ce", lam=1.0).resolved()
