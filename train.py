@@ -62,6 +62,8 @@ flags.DEFINE_float("correct_probability", None, methods.flag_help(
     "correct_probability", "TF-reg's hand-made teacher: probability of the true class."))
 flags.DEFINE_enum("tf_reg_form", None, ["code", "paper"], methods.flag_help(
     "tf_reg_form", "TF-reg: the reference code's loss, or the paper's Eq. 9 (docs/METHODS.md)."))
+flags.DEFINE_float("lam", None, methods.flag_help(
+    "lam", "CS-KD's weight lambda >= 0 of its KL term (the reference code's --lamda)."))
 flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initialisation).")
 flags.DEFINE_string("output_dir", "runs/{method}/seed{seed}",
                     "Where results, checkpoints and logs go; {method} and {seed} are filled in.")

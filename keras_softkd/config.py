@@ -69,6 +69,7 @@ class ExperimentConfig:
     multiplier: Optional[float] = None
     correct_probability: Optional[float] = None
     tf_reg_form: Optional[str] = None
+    lam: Optional[float] = None
     seed: int = 0
     strategy: str = "auto"
     mixed_precision: bool = False
@@ -136,6 +137,8 @@ class ExperimentConfig:
             from keras_softkd.losses import TF_REG_FORMS
 
             _one_of("tf_reg_form", values["tf_reg_form"], TF_REG_FORMS)
+        if "lam" in values:
+            _number_in("lam", values["lam"], 0.0, math.inf, high_open=True)
         for name, required in methods.get(self.method).required().items():
             if not values.get(name):
                 raise UsageError(f"--method={self.method} needs --{name}, {required.what}.")

@@ -8,7 +8,7 @@ The data's way through :func:`run`:
 3. :func:`build_trainer`: the network from the registry, wrapped or given a
    loss as the method's entry in ``keras_softkd.methods`` builds it (a loss
    for ce/lsr/lsrkd/pseudo_kd, :class:`MrKDModel` for mrkd, :class:`KDModel`
-   for kd), compiled with :class:`PyTorchSGD` and the schedule.
+   for kd, :class:`CSKDModel` for cs_kd), compiled with :class:`PyTorchSGD` and the schedule.
 4. ``fit`` on :func:`keras_softkd.data.training_input` (tf.data on TensorFlow,
    a NumPy ``PyDataset`` on JAX and PyTorch) from the last checkpoint's epoch,
    evaluating on the test (or validation) set after each epoch.

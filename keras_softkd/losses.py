@@ -22,6 +22,8 @@ method         per-example loss                                             equa
 ``mrkd_tc``    ``kd`` with each teacher corrected (W 16), factor ``t``      W 16, 17
 ``pseudo_kd``  ``CE((1-a) p + a P*, q(1)) + b KL(P* || U)``                 P 5, 12, 13
 ``tf_reg``     ``(1-a) CE(p, q(1)) + a (m/K) KL(softmax(p^d/t) || q(1))``   Yuan 2020 code
+``cs_kd``      ``CE(p, q(1)) + lam t^2 KL(softmax(z'/t) || q(t))``, ``z'``     Yun 2020 code
+               a same-class partner's logits
 =============  ===========================================================  =========
 
 Labels may be integers, shape ``(batch,)`` or ``(batch, 1)``, or one-hot,
@@ -30,6 +32,7 @@ shape ``(batch, K)``.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import keras
@@ -47,11 +50,13 @@ __all__ = [
     "mrkd",
     "pseudo_kd",
     "tf_reg",
+    "cs_kd",
     "LSRLoss",
     "LsrKDLoss",
     "KDLoss",
     "PseudoKDLoss",
     "TFRegLoss",
+    "CSKDLoss",
 ]
 
 #: TF-reg's two readings: what the reference code computes, and the paper's equation.
@@ -421,6 +426,51 @@ def _checked_form(form: str) -> str:
     return form
 
 
+def cs_kd(labels, logits, partner_logits, temperature: float = 4.0, lam: float = 1.0
+          ) -> "Tensor":  # noqa: F821
+    """Class-wise self-knowledge distillation, CS-KD (Yun et al., CVPR 2020), per anchor.
+
+    ``CE(p, q(1)) + lam * t^2 * KL(softmax(z' / t) || q(t))``: ``z`` the
+    anchor's logits, ``z'`` the logits of a *different image of the same class*
+    (its partner) from the same network, held constant (no gradient flows
+    into ``partner_logits``). The KL is summed over classes; the batch mean
+    (Keras's reduction) gives the reference's ``KLDivLoss(reduction="sum") / B``.
+    Only the anchors' labels enter the cross-entropy.
+
+    Source: alinlab/cs-kd @ b447f25, train.py l.95-107 (``KDLoss``) and
+    l.130-140 (the loss of a step); docs/REFERENCE_CODE.md section 2.
+
+    Args:
+        labels: the anchors' integer ``(batch,)`` or one-hot ``(batch, K)`` labels.
+        logits: ``(batch, K)`` anchor logits.
+        partner_logits: ``(batch, K)`` logits of each anchor's partner.
+        temperature: ``t > 0`` (reference default 4).
+        lam: weight ``lambda >= 0`` of the KL term (reference: 1 on CIFAR, 3
+            on the fine-grained sets); ``0`` is plain cross-entropy.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> z, partner = np.array([[2.0, 0.0]]), np.array([[1.0, 0.0]])
+        >>> round(float(losses.cs_kd(np.array([0]), z, partner, temperature=4.0, lam=1.0)[0]), 4)
+        0.2484
+    """
+    _checks.positive("temperature", temperature)
+    _checks.in_closed_range("lam", lam, 0.0, math.inf)
+    logits = _checks.as_float32(logits)
+    partner_logits = ops.stop_gradient(_checks.as_float32(partner_logits))
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    if tuple(partner_logits.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"`partner_logits` must have the logits' shape {tuple(logits.shape)} (one partner "
+            f"per anchor); got {tuple(partner_logits.shape)}."
+        )
+    partner = ops.log_softmax(partner_logits / temperature, axis=-1)
+    anchor = ops.log_softmax(logits / temperature, axis=-1)
+    loss = cross_entropy(one_hot, logits) + lam * temperature**2 * kl_divergence(partner, anchor)
+    return _checks.mark_invalid(loss, valid)
+
+
 # --------------------------------------------------------------------------
 # keras.losses.Loss classes. Keras's Loss.__call__ reduces the per-example
 # values (mean by default) and, under tf.distribute, divides by the number of
@@ -649,3 +699,41 @@ class TFRegLoss(keras.losses.Loss):
             "correct_probability": self.correct_probability,
             "form": self.form,
         }
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class CSKDLoss(keras.losses.Loss):
+    """CS-KD (Yun et al. 2020): ``CE(p, q(1)) + lam t^2 KL(softmax(z'/t) || q(t))``; see :func:`cs_kd`.
+
+    The partners' logits travel in ``y_true`` as :class:`KDLoss`'s teacher
+    logits (the partner plays the teacher), so :class:`keras_softkd.CSKDModel`
+    shares :class:`keras_softkd.Distiller`'s step::
+
+        loss = CSKDLoss(temperature=4.0, lam=1.0)
+        value = loss({"labels": y, "teacher_logits": partner_logits}, anchor_logits)
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.losses import CSKDLoss
+        >>> y = {"labels": np.array([0]), "teacher_logits": np.array([[1.0, 0.0]])}
+        >>> round(float(CSKDLoss(temperature=4.0, lam=1.0)(y, np.array([[2.0, 0.0]]))), 4)
+        0.2484
+    """
+
+    def __init__(self, temperature: float = 4.0, lam: float = 1.0,
+                 reduction="sum_over_batch_size", name="cs_kd", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.temperature = _checks.positive("temperature", temperature)
+        self.lam = _checks.in_closed_range("lam", lam, 0.0, math.inf)
+
+    def call(self, y_true, y_pred):
+        keys = set(y_true) if isinstance(y_true, dict) else set()
+        if keys != {"labels", "teacher_logits"}:
+            raise ValueError(
+                "CSKDLoss expects y_true = {'labels': ..., 'teacher_logits': <the partners' "
+                f"logits>}}; got {sorted(keys) or type(y_true).__name__}."
+            )
+        return cs_kd(y_true["labels"], y_pred, y_true["teacher_logits"], self.temperature, self.lam)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature, "lam": self.lam}

@@ -284,9 +284,3 @@ class MrKDModel(Distiller):
             "interval": self.interval,
             "initial_weights_teach": self.initial_weights_teach,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(config["model"])
-        return cls(**config)

@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any, Union
 import keras
 
 from keras_softkd import losses
+from keras_softkd.class_wise import CSKDModel
 from keras_softkd.distillation import KDModel
 from keras_softkd.memory_replay import MrKDModel
 
@@ -244,6 +245,10 @@ def _distillation(config: "ExperimentConfig", student: keras.Model, setup: Setup
     return KDModel(student, teacher=teacher, alpha=config.alpha, temperature=config.temperature), {}
 
 
+def _class_wise(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+    return CSKDModel(student, temperature=config.temperature, lam=config.lam), {}
+
+
 _KAPPA = EpochsOver(8)  # the paper's 25 epochs of 200, in proportion for shorter runs
 _MRKD_ALPHA = PerDataset(cifar100=0.25, other=0.1)
 
@@ -300,6 +305,14 @@ _TABLE: dict[str, Method] = {
                 alpha=c.alpha, temperature=c.temperature, multiplier=c.multiplier,
                 correct_probability=c.correct_probability, form=c.tf_reg_form,
             )),
+        ),
+        Method(
+            "cs_kd", "CS-KD",
+            "class-wise self-KD: CE + lam t^2 KL to the student's own prediction on a "
+            "same-class partner (Yun et al. 2020)",
+            # The reference code's CIFAR defaults (train.py --temp 4, --lamda 1).
+            {"temperature": 4.0, "lam": 1.0},
+            _class_wise, inputs="pairs",
         ),
         Method(
             "kd", "KD", "KD from a fixed pre-trained --teacher (Hinton et al.; W 4)",

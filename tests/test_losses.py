@@ -182,6 +182,18 @@ def ref_tf_reg(p, z, a, t, m=1.0, correct=0.99, form="code"):
     return value, grad
 
 
+def ref_cs_kd(p, z, z_partner, t, lam):
+    """CS-KD per anchor, docs/REFERENCE_CODE.md 2.3 (alinlab/cs-kd train.py l.95-107, l.130-140):
+    ``CE(p, softmax(z)) + lam t^2 KL(softmax(z'/t) || softmax(z/t))``, ``z'`` constant, so
+    ``d/dz = softmax(z) - p + lam t (softmax(z/t) - softmax(z'/t))``."""
+    log_partner = np_log_softmax(np.asarray(z_partner, np.float64) / t)
+    log_anchor = np_log_softmax(z / t)
+    log_q1 = np_log_softmax(z)
+    value = np_ce(p, log_q1) + lam * t**2 * np_kl(log_partner, log_anchor)
+    grad = np.exp(log_q1) - p + lam * t * (np.exp(log_anchor) - np.exp(log_partner))
+    return value, grad
+
+
 # ==========================================================================
 # The methods: the package call and its reference, side by side
 # ==========================================================================
@@ -301,6 +313,18 @@ METHODS = {
         lambda y, z, zt: losses.tf_reg(y, z, alpha=0.3, temperature=4.0, correct_probability=0.9,
                                        form="paper"),
         lambda p, z, zt: ref_tf_reg(p, z, 0.3, 4.0, correct=0.9, form="paper"),
+    ),
+    # CS-KD: the same-class partner's logits play the one teacher (the reference's defaults,
+    # and its fine-grained lambda = 3 at another temperature).
+    "cs_kd": Method(
+        1,
+        lambda y, z, zt: losses.cs_kd(y, z, zt[0], temperature=4.0, lam=1.0),
+        lambda p, z, zt: ref_cs_kd(p, z, zt[0], 4.0, 1.0),
+    ),
+    "cs_kd_lam3_t2": Method(
+        1,
+        lambda y, z, zt: losses.cs_kd(y, z, zt[0], temperature=2.0, lam=3.0),
+        lambda p, z, zt: ref_cs_kd(p, z, zt[0], 2.0, 3.0),
     ),
 }
 
@@ -560,6 +584,8 @@ def test_no_gradient_into_teacher_logits():
         assert not np.any(grad)
     # the helper does see a gradient where there is one
     assert np.any(gradient_or_zero(lambda x: losses.mrkd(y, x, zt, 0.25, 3.0), z))
+    # CS-KD: the partner's logits are a constant
+    assert not np.any(gradient_or_zero(lambda t: losses.cs_kd(y, z, t, 4.0, 1.0), zt[0]))
 
 
 # ==========================================================================
@@ -582,6 +608,7 @@ CLASS_CASES = {
                   dict(alpha=0.1, temperature=20.0, multiplier=100.0)),
     "TFRegLoss_paper": (losses.TFRegLoss(alpha=0.2, temperature=5.0, form="paper"), "tf_reg",
                         dict(alpha=0.2, temperature=5.0, form="paper")),
+    "CSKDLoss": (losses.CSKDLoss(temperature=3.0, lam=2.0), "cs_kd", dict(temperature=3.0, lam=2.0)),
 }
 
 
@@ -594,6 +621,9 @@ def test_loss_class_is_batch_mean_of_function(name, case):
     if fn_name == "kd":
         per_example = fn(y, z, zt, **kwargs)
         value = loss_obj({"labels": y, "teacher_logits": zt}, z)
+    elif fn_name == "cs_kd":  # one partner per anchor: (batch, K)
+        per_example = fn(y, z, zt[0], **kwargs)
+        value = loss_obj({"labels": y, "teacher_logits": zt[0]}, z)
     else:
         per_example = fn(y, z, **kwargs)
         value = loss_obj(y, z)
@@ -616,6 +646,7 @@ def test_loss_class_is_batch_mean_of_function(name, case):
         "pseudo_kd": lambda: ref_pseudo_kd(p, z, kwargs["alpha"], kwargs["beta"]),
         "tf_reg": lambda: ref_tf_reg(p, z, kwargs["alpha"], kwargs["temperature"],
                                      kwargs.get("multiplier", 1.0), form=kwargs.get("form", "code")),
+        "cs_kd": lambda: ref_cs_kd(p, z, zt[0], kwargs["temperature"], kwargs["lam"]),
     }[fn_name]()[0]
     np.testing.assert_allclose(to_numpy(value), np.mean(ref), **VALUE_TOL)
 
@@ -864,6 +895,8 @@ def test_loss_classes_accept_every_label_format(name):
     results = []
     for labels in (y, y[:, None], np.eye(k, dtype=np.float32)[y], y.astype(np.float32)):
         y_true = {"labels": labels, "teacher_logits": zt} if name.startswith("KDLoss") else labels
+        if name == "CSKDLoss":
+            y_true = {"labels": labels, "teacher_logits": zt[0]}
         results.append(float(to_numpy(loss_obj(y_true, z))))
     np.testing.assert_allclose(results, results[0], rtol=1e-6)
 
@@ -894,6 +927,7 @@ def _config_round_trip(loss_obj):
         losses.PseudoKDLoss(alpha=0.3, beta=2.5),
         losses.TFRegLoss(alpha=0.95, temperature=40.0, multiplier=2.0, correct_probability=0.9,
                          form="paper"),
+        losses.CSKDLoss(temperature=2.5, lam=3.0),
     ],
     ids=lambda o: type(o).__name__,
 )
@@ -901,6 +935,8 @@ def test_get_config_from_config_round_trip(loss_obj):
     clone = _config_round_trip(loss_obj)
     y, z, zt = make_case("random", 10, 2, seed=14)
     y_true = {"labels": y, "teacher_logits": zt} if isinstance(loss_obj, losses.KDLoss) else y
+    if isinstance(loss_obj, losses.CSKDLoss):
+        y_true = {"labels": y, "teacher_logits": zt[0]}
     np.testing.assert_allclose(to_numpy(clone(y_true, z)), to_numpy(loss_obj(y_true, z)))
 
 
@@ -1024,6 +1060,10 @@ BETA = r"`beta` must be > 0"
 
 BAD_ARGUMENTS = [
     # (call, message)
+    (lambda: losses.cs_kd(_Y, _Z, _Z, temperature=0.0), TEMP),
+    (lambda: losses.cs_kd(_Y, _Z, _Z, lam=-0.5), r"`lam` must be in \[0, inf\]"),
+    (lambda: losses.cs_kd(_Y, _Z, _ZT, lam=1.0), "`partner_logits` must have the logits' shape"),
+    (lambda: losses.CSKDLoss()(_Y, _Z), "CSKDLoss expects y_true"),
     (lambda: losses.lsr(_Y, _Z, alpha=-0.1), ALPHA),
     (lambda: losses.lsr(_Y, _Z, alpha=1.5), ALPHA),
     (lambda: losses.lsr(_Y, _Z, alpha=float("nan")), ALPHA),

@@ -55,6 +55,8 @@ def test_every_method_trains_one_step_as_train_py_builds_it(name, tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 8, 8, 3)).astype("float32")
     y = np.arange(8) % NUM_CLASSES
+    if methods.get(name).inputs == "pairs":  # CS-KD: a same-class partner per example
+        x = {"images": x, "partners": rng.normal(size=x.shape).astype("float32")}
     history = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
     loss = history.history["loss"][0]
     assert np.isfinite(loss) and loss > 0
@@ -131,6 +133,7 @@ def test_defaults_are_the_papers():
         "mrkd_tc": ({"alpha": 0.25, "gamma": 0.25, **mrkd}, {"alpha": 0.1, "gamma": 0.25, **mrkd}),
         "pseudo_kd": ({"alpha": 0.2, "beta": 1.5}, {"alpha": 0.2, "beta": 2.5}),
         "kd": ({"alpha": 0.9, "temperature": 4.0}, {"alpha": 0.9, "temperature": 4.0}),
+        "cs_kd": ({"temperature": 4.0, "lam": 1.0}, {"temperature": 4.0, "lam": 1.0}),
     }
     for name, (cifar100, others) in expected.items():
         assert config.method_defaults(name, "cifar100", 200) == cifar100

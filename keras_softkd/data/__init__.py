@@ -32,6 +32,7 @@ from keras_softkd.data.info import DATASETS, DatasetInfo
 from keras_softkd.data.py_dataset import (
     TRAINING_INPUTS,
     EvalPyDataset,
+    TrainPairsPyDataset,
     TrainPyDataset,
     evaluation_input,
     training_input,
@@ -46,6 +47,7 @@ _LAZY = {
     "normalize": "pipeline",
     "train_dataset": "pipeline",
     "train_epochs": "pipeline",
+    "with_partners": "pipeline",
 }
 
 
@@ -68,6 +70,7 @@ __all__ = [
     "EvalPyDataset",
     "SPLITS",
     "TRAINING_INPUTS",
+    "TrainPairsPyDataset",
     "TrainPyDataset",
     "augment_batch",
     "eval_dataset",
@@ -79,4 +82,5 @@ __all__ = [
     "train_dataset",
     "train_epochs",
     "training_input",
+    "with_partners",
 ]

@@ -177,6 +177,67 @@ def train_epochs(
     )
 
 
+def with_partners(
+    stream: tf.data.Dataset,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    dataset: str,
+    seed: int,
+    first_epoch: int,
+    steps_per_epoch: int,
+    augment: bool = True,
+) -> tf.data.Dataset:
+    """``stream`` (:func:`train_epochs`) with a same-class partner per example (CS-KD).
+
+    Each batch ``(images, labels)`` becomes ``({"images": images, "partners":
+    partners}, labels)``, the anchors untouched. ``partners[j]`` is an example
+    of ``labels[j]``'s class drawn uniformly with replacement (maybe the anchor
+    itself; alinlab/cs-kd ``PairBatchSampler``), with its own pad-crop-flip,
+    normalised. The draws and the augmentation are stateless functions of
+    ``(seed, epoch, batch)``, the batch's place in the stream (whose epochs
+    start at ``first_epoch`` and have ``steps_per_epoch`` batches): a resumed
+    run sees the partners of the uninterrupted one.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.data import pipeline
+        >>> x = np.zeros((10, 32, 32, 3), np.uint8); y = np.arange(10) % 2
+        >>> stream = pipeline.train_epochs(x, y, dataset="cifar10", batch_size=4, seed=0,
+        ...                                first_epoch=0, epochs=1)
+        >>> pairs = pipeline.with_partners(stream, x, y, dataset="cifar10", seed=0, first_epoch=0,
+        ...                                steps_per_epoch=3)
+        >>> [tuple(images["partners"].shape) for images, _ in pairs]
+        [(4, 32, 32, 3), (4, 32, 32, 3), (2, 32, 32, 3)]
+    """
+    from keras_softkd.data.py_dataset import class_members
+
+    images, labels = _checked_arrays(x, y, dataset)
+    _positive_int("steps_per_epoch", steps_per_epoch)
+    order, starts, counts = (tf.constant(a, tf.int64) for a in class_members(labels.numpy()))
+    key = int(np.random.SeedSequence([_seed_value(seed), 5]).generate_state(1, np.uint32)[0])
+
+    def add_partners(position, batch):
+        anchors, batch_labels = batch
+        epoch = first_epoch + position // steps_per_epoch
+        pair_seed = tf.stack([epoch * 1_000_003 + key, position % steps_per_epoch])
+        draw_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(pair_seed, 2))
+        classes = tf.cast(batch_labels, tf.int64)
+        # Uniform over the class's members: full-range int64 draws modulo the class size
+        # (a bias below 1e-14 for 50,000 examples).
+        draws = tf.random.stateless_uniform(tf.shape(classes), draw_seed, dtype=tf.int64,
+                                            minval=None, maxval=None)
+        chosen = tf.gather(order, tf.gather(starts, classes)
+                           + tf.math.floormod(draws, tf.gather(counts, classes)))
+        partners = tf.gather(images, chosen)
+        if augment:
+            partners = augment_batch(partners, augment_seed)
+        return {"images": anchors, "partners": normalize(partners, dataset)}, batch_labels
+
+    pairs = stream.enumerate().map(add_partners, num_parallel_calls=_AUTOTUNE, deterministic=True)
+    return pairs.prefetch(_AUTOTUNE)
+
+
 def eval_dataset(x: np.ndarray, y: np.ndarray, *, dataset: str, batch_size: int
                  ) -> tf.data.Dataset:
     """The evaluation pipeline: batches in order, normalised, no augmentation.

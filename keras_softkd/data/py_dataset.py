@@ -388,6 +388,81 @@ class TrainPyDataset(_PrefetchingPyDataset):
         )
 
 
+# ---------------------------------------------------------------------------
+# CS-KD: a same-class partner per example
+# ---------------------------------------------------------------------------
+
+_PARTNERS = 21  # stream identifier of the partner draws and their augmentation
+
+
+def class_members(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The examples grouped by class: ``(order, starts, counts)``.
+
+    ``order[starts[c] : starts[c] + counts[c]]`` are the indices of the
+    examples of class ``c``, in increasing order.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.data import py_dataset
+        >>> order, starts, counts = py_dataset.class_members(np.array([1, 0, 1, 2]))
+        >>> order.tolist(), starts.tolist(), counts.tolist()
+        ([1, 0, 2, 3], [0, 1, 3], [1, 2, 1])
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels)
+    return order, np.cumsum(counts) - counts, counts
+
+
+def draw_partners(anchor_labels: np.ndarray, members, rng: np.random.Generator) -> np.ndarray:
+    """For each anchor, the index of a training example of its class: uniform, with
+    replacement, possibly the anchor itself (alinlab/cs-kd ``PairBatchSampler``).
+
+    ``members`` is :func:`class_members` of the training labels.
+    """
+    order, starts, counts = members
+    anchor_labels = np.asarray(anchor_labels).astype(np.int64)
+    return order[starts[anchor_labels] + rng.integers(0, counts[anchor_labels])]
+
+
+def partner_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
+    """The generator of batch ``batch``'s partners (draws, then augmentation) in ``epoch``."""
+    return _rng(seed, _PARTNERS, epoch, batch)
+
+
+class TrainPairsPyDataset(TrainPyDataset):
+    """:class:`TrainPyDataset` with a same-class partner per example (CS-KD).
+
+    Batch ``i`` is ``({"images": anchors, "partners": partners}, labels)``:
+    ``anchors`` and ``labels`` exactly :class:`TrainPyDataset`'s batch ``i``
+    (same order, augmentation and ``batch_multiple`` cut); ``partners[j]`` an
+    example of ``labels[j]``'s class, drawn uniformly with replacement (maybe
+    the anchor itself), padded, cropped and flipped with its own draws, then
+    normalised. Draws and augmentation come from ``partner_rng(seed, epoch,
+    batch)``: a resumed run sees the partners of the uninterrupted one.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.data.py_dataset import TrainPairsPyDataset
+        >>> x = np.zeros((10, 32, 32, 3), np.uint8); y = np.arange(10) % 2
+        >>> images, labels = TrainPairsPyDataset(x, y, dataset="cifar10", batch_size=4, seed=0)[0]
+        >>> sorted(images), images["partners"].shape
+        (['images', 'partners'], (4, 32, 32, 3))
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, **kwargs):
+        super().__init__(x, y, **kwargs)
+        self.members = class_members(self.labels)
+
+    def make(self, index: int):
+        anchors, labels = super().make(index)
+        rng = partner_rng(self.seed, *self.position(index))
+        partners = self.images[draw_partners(labels, self.members, rng)]
+        if self.augment:
+            partners = augment_batch(partners, rng)
+        return {"images": anchors, "partners": normalize(partners, self.dataset)}, labels
+
+
 class EvalPyDataset(_PrefetchingPyDataset):
     """Evaluation batches: in order, normalised, no augmentation.
 
@@ -447,7 +522,7 @@ class EvalPyDataset(_PrefetchingPyDataset):
 # ---------------------------------------------------------------------------
 
 #: What a method's training batches carry besides the images (``methods.Method.inputs``).
-TRAINING_INPUTS = ("labels",)
+TRAINING_INPUTS = ("labels", "pairs")
 
 
 def training_input(
@@ -476,7 +551,12 @@ def training_input(
     tf.distribute splits an uneven batch itself, so tf.data keeps every example.
 
     ``inputs`` (one of :data:`TRAINING_INPUTS`, a method's ``inputs`` in the
-    method table): ``"labels"``, batches ``(images, labels)``.
+    method table): ``"labels"``, batches ``(images, labels)``; ``"pairs"``
+    (CS-KD), batches ``({"images": images, "partners": partners}, labels)``:
+    the images and labels of ``"labels"``, and per example a same-class
+    partner, independently augmented, deterministic per ``(seed, epoch,
+    batch)`` (:func:`keras_softkd.data.pipeline.with_partners`,
+    :class:`TrainPairsPyDataset`; the two draw different partners).
 
     Returns:
         ``(data, steps_per_epoch)``.
@@ -493,8 +573,14 @@ def training_input(
             x, y, dataset=dataset, batch_size=batch_size, seed=seed,
             first_epoch=first_epoch, epochs=epochs, augment=augment,
         )
-        return stream, math.ceil(len(x) / _positive_int("batch_size", batch_size))
-    stream = TrainPyDataset(
+        steps_per_epoch = math.ceil(len(x) / _positive_int("batch_size", batch_size))
+        if inputs == "pairs":
+            stream = pipeline.with_partners(
+                stream, x, y, dataset=dataset, seed=seed, first_epoch=first_epoch,
+                steps_per_epoch=steps_per_epoch, augment=augment,
+            )
+        return stream, steps_per_epoch
+    stream = (TrainPairsPyDataset if inputs == "pairs" else TrainPyDataset)(
         x, y, dataset=dataset, batch_size=batch_size, seed=seed, first_epoch=first_epoch,
         epochs=epochs, augment=augment, workers=workers, batch_multiple=batch_multiple,
     )
