@@ -112,8 +112,14 @@ def synthetic_arrays(batch_size: int, num_classes: int, batches: int = 8, seed: 
     return x, y
 
 
-def synthetic(batch_size: int, num_classes: int, batches: int = 8):
+def synthetic(batch_size: int, num_classes: int, batches: int = 8, inputs: str = "labels"):
     """Endless training batches cycling over :func:`synthetic_arrays` held in memory.
+
+    ``inputs`` (a method's ``inputs`` in the method table) shapes them as
+    ``keras_softkd.data.training_input`` does: ``"labels"`` ``(x, y)``;
+    ``"indices"`` ``(x, {"labels": y, "index": i})``; ``"pairs"``
+    ``({"images": x, "partners": x'}, y)`` with other images as partners (the
+    cost does not depend on their class).
 
     TensorFlow backend: a cached, repeated ``tf.data`` dataset. JAX and
     PyTorch: a ``keras.utils.PyDataset`` over the same arrays (no TensorFlow).
@@ -121,10 +127,21 @@ def synthetic(batch_size: int, num_classes: int, batches: int = 8):
     import keras
 
     x, y = synthetic_arrays(batch_size, num_classes, batches)
+    features, targets = x, y
+    if inputs == "indices":
+        targets = {"labels": y, "index": np.arange(len(y), dtype="int32")}
+    elif inputs == "pairs":
+        features = {"images": x, "partners": np.roll(x, batch_size // 2 + 1, axis=0)}
+    elif inputs != "labels":
+        raise ValueError(f"`inputs` must be labels, indices or pairs; got {inputs!r}.")
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache().repeat()
+        data = tf.data.Dataset.from_tensor_slices((features, targets))
+        return data.batch(batch_size).cache().repeat()
+
+    def take(value, part):
+        return {k: v[part] for k, v in value.items()} if isinstance(value, dict) else value[part]
 
     class Batches(keras.utils.PyDataset):
         @property
@@ -137,7 +154,7 @@ def synthetic(batch_size: int, num_classes: int, batches: int = 8):
         def __getitem__(self, index):
             index %= batches
             part = slice(index * batch_size, (index + 1) * batch_size)
-            return x[part], y[part]
+            return take(features, part), take(targets, part)
 
     return Batches()
 

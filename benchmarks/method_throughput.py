@@ -56,6 +56,7 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras_softkd  # noqa: E402,F401  (first: TensorFlow's start-up lines stay off the terminal)
 import keras  # noqa: E402
 
 import _timing  # noqa: E402
@@ -63,7 +64,7 @@ from keras_softkd import data, experiment, methods, models  # noqa: E402
 from keras_softkd._io import write_json_atomic  # noqa: E402
 from keras_softkd.config import ExperimentConfig  # noqa: E402
 
-DEFAULT_METHODS = ("ce", "lsr", "lsrkd", "lsrkd_tc", "pseudo_kd", "tf_reg", "mrkd1", "mrkd3")
+DEFAULT_METHODS = ("ce", "lsr", "lsrkd", "lsrkd_tc", "pseudo_kd", "tf_reg", "cs_kd", "mrkd1", "mrkd3")
 # Largest step-time ratio to CE each method may have (issues 3 and 5), by column name.
 TARGETS = {"lsr": 1.03, "lsrkd": 1.03, "lsrkd_tc": 1.03, "pseudo_kd": 1.03, "tf_reg": 1.03,
            "mrkd1": 1.35, "mrkd3": 2.0}
@@ -125,16 +126,40 @@ def build_method(method: str, model_name: str, args, teacher_dir: str) -> tuple[
     config = ExperimentConfig(**fields).resolved()
     keras.utils.set_random_seed(0)
     steps_per_epoch = math.ceil(TRAIN_IMAGES[args.dataset] / args.batch_size)
-    trainer = experiment.build_trainer(config, data.DATASETS[args.dataset].num_classes, steps_per_epoch)
+    trainer = experiment.build_trainer(config, data.DATASETS[args.dataset].num_classes,
+                                       steps_per_epoch, num_examples=TRAIN_IMAGES[args.dataset])
     used = {key: getattr(config, key) for key in entry.parameters if key != "teacher"}
     return trainer, used
 
 
 def training_data(args):
+    """``(batches(inputs), description)``: each method's batches, as its ``inputs`` needs them."""
     num_classes = data.DATASETS[args.dataset].num_classes
+    made = {}
     if not args.real_data_dir:
-        return _timing.synthetic(args.batch_size, num_classes), "synthetic, in memory"
+        def batches(inputs):
+            if inputs not in made:
+                made[inputs] = _timing.synthetic(args.batch_size, num_classes, inputs=inputs)
+            return made[inputs]
+
+        return batches, "synthetic, in memory"
     x, y = data.load(args.dataset, "train", data_dir=args.real_data_dir)
+    labels, description = real_batches(args, x, y)
+
+    def batches(inputs):
+        if inputs == "labels":
+            return labels
+        if inputs not in made:  # the training input train.py gives the method
+            made[inputs], _ = data.training_input(
+                x, y, dataset=args.dataset, batch_size=args.batch_size, seed=0, first_epoch=0,
+                epochs=1000, inputs=inputs,
+            )
+        return made[inputs]
+
+    return batches, description
+
+
+def real_batches(args, x, y):
     if keras.backend.backend() == "tensorflow":
         dataset = data.train_dataset(x, y, dataset=args.dataset, batch_size=args.batch_size,
                                      seed=0, drop_remainder=True).repeat()
@@ -144,14 +169,15 @@ def training_data(args):
     return dataset, f"data.TrainPyDataset on {args.dataset} train ({len(x)} images, {args.real_data_dir})"
 
 
-def run_model(model_name: str, args, dataset, teacher_dir: str) -> list[dict]:
-    built, hyper = {}, {}
+def run_model(model_name: str, args, batches, teacher_dir: str) -> list[dict]:
+    built, hyper, inputs = {}, {}, {}
     for method in args.method_list:
         built[method], hyper[method] = build_method(method, model_name, args, teacher_dir)
+        inputs[method] = methods.get(methods.parse_name(method)[0]).inputs
     cpu = {method: [] for method in args.method_list}
     runners = {
         method: (lambda method=method: _timing.time_steps(
-            built[method], dataset, args.steps, args.warmup, cpu_times=cpu[method]))
+            built[method], batches(inputs[method]), args.steps, args.warmup, cpu_times=cpu[method]))
         for method in args.method_list
     }
     print(f"\n{model_name}: {', '.join(args.method_list)}", flush=True)
@@ -198,11 +224,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc)
     machine = _timing.machine()
-    dataset, data_description = training_data(args)
+    batches, data_description = training_data(args)
     rows = []
     with tempfile.TemporaryDirectory() as teacher_dir:
         for model_name in args.models:
-            rows += run_model(model_name, args, dataset, teacher_dir)
+            rows += run_model(model_name, args, batches, teacher_dir)
     machine["load_average_end"] = _timing.load_average()
     result = {
         "benchmark": "method_throughput",
