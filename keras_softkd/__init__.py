@@ -7,6 +7,7 @@ KD (MrKD, MrKD-TC) and Pseudo-KD, as Keras losses and Keras model wrappers.
     teachers     the papers' teacher distributions (uniform, TC, memory-replay TC, P*)
     MrKDModel    memory-replay self-distillation around any Keras classifier
     KDModel      distillation from a fixed pre-trained teacher
+    PSKDModel    progressive self-KD (PS-KD): last epoch's predictions as targets
     models       CIFAR networks: models.build("resnet56", num_classes=100)
     metrics      top-k error, NLL, expected calibration error
     optimizers   PyTorchSGD: SGD with weight decay as torch.optim.SGD applies it
@@ -25,11 +26,13 @@ quiet_startup()  # Keras (and TensorFlow) without TensorFlow's start-up lines
 from keras_softkd import losses, metrics, models, optimizers, teachers  # noqa: E402,F401
 from keras_softkd.distillation import Distiller, KDModel  # noqa: E402,F401
 from keras_softkd.memory_replay import MrKDModel  # noqa: E402,F401
+from keras_softkd.progressive import PSKDModel  # noqa: E402,F401
 
 __all__ = [
     "Distiller",
     "KDModel",
     "MrKDModel",
+    "PSKDModel",
     "losses",
     "metrics",
     "models",
