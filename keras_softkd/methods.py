@@ -70,6 +70,7 @@ import keras
 from keras_softkd import losses
 from keras_softkd.distillation import KDModel
 from keras_softkd.memory_replay import MrKDModel
+from keras_softkd.progressive import PSKDModel
 
 if TYPE_CHECKING:  # config imports this module
     from keras_softkd.config import ExperimentConfig
@@ -244,6 +245,14 @@ def _distillation(config: "ExperimentConfig", student: keras.Model, setup: Setup
     return KDModel(student, teacher=teacher, alpha=config.alpha, temperature=config.temperature), {}
 
 
+def _progressive(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+    trainer = PSKDModel(
+        student, num_examples=setup.num_examples, alpha=config.alpha, epochs=setup.epochs,
+        steps_per_epoch=setup.steps_per_epoch,
+    )
+    return trainer, {}
+
+
 _KAPPA = EpochsOver(8)  # the paper's 25 epochs of 200, in proportion for shorter runs
 _MRKD_ALPHA = PerDataset(cifar100=0.25, other=0.1)
 
@@ -300,6 +309,14 @@ _TABLE: dict[str, Method] = {
                 alpha=c.alpha, temperature=c.temperature, multiplier=c.multiplier,
                 correct_probability=c.correct_probability, form=c.tf_reg_form,
             )),
+        ),
+        Method(
+            "pskd", "PS-KD",
+            "progressive self-KD: targets (1-a_t) y + a_t (last epoch's prediction), a_t = alpha t/T "
+            "(Kim et al. 2021)",
+            # alpha is alpha_T, the reference's CIFAR-100 value (docs/METHODS.md, PS-KD).
+            {"alpha": 0.8},
+            _progressive, inputs="indices",
         ),
         Method(
             "kd", "KD", "KD from a fixed pre-trained --teacher (Hinton et al.; W 4)",
