@@ -263,6 +263,22 @@ def test_evaluate_and_predict_use_the_student_alone():
     assert int(to_numpy(pskd.step)) == step
 
 
+def test_mixed_precision_fit():
+    """mixed_float16 (train.py --mixed_precision): float16 logits, a float32 table of
+    probability rows, a finite loss."""
+    x, y = make_data()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        pskd, _, _, history = train(make_batches(x, y, epochs=2), epochs=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    sync(pskd)
+    table = to_numpy(pskd.table)
+    assert table.dtype == np.float32 and int(to_numpy(pskd.step)) == 2 * STEPS
+    np.testing.assert_allclose(table.sum(axis=1), 1.0, atol=1e-3)
+    assert np.isfinite(history.history["loss"]).all()
+
+
 def test_training_batches_must_carry_the_index():
     pskd = make_pskd()
     x, y = make_data()
