@@ -65,8 +65,9 @@ class PSKDModel(Distiller):
     Loss at 0-based epoch ``e``: ``CE((1 - a_e) y + a_e P, softmax(z))`` with
     ``a_e = alpha (e + 1) / epochs`` and ``P`` the example's prediction stored
     at its previous visit (the previous epoch); ``a_0 = 0`` in effect (the
-    reference overwrites the table with the labels in epoch 0). ``a_e`` stops
-    at ``alpha`` if training runs past ``epochs``.
+    reference overwrites the table with the labels in epoch 0), and a row not
+    yet written (an example no epoch has visited so far) counts as the label.
+    ``a_e`` stops at ``alpha`` if training runs past ``epochs``.
 
     ``fit`` needs batches ``(x, {"labels": y, "index": i})`` where ``i`` are
     the examples' rows in ``[0, num_examples)``, each example once per epoch
@@ -184,10 +185,14 @@ class PSKDModel(Distiller):
         one_hot, _ = _checks.one_hot_labels(y["labels"], logits)
         epoch = self.epoch()
         weight = self.weight_of_predictions(epoch)
-        previous = ops.cast(ops.take(self.table, index, axis=0), "float32")
+        stored = ops.cast(ops.take(self.table, index, axis=0), "float32")
+        # A row never written (an example left out of every epoch so far, e.g. by the cut of a
+        # last batch over several JAX devices) counts as the label, as epoch 0's rows do.
+        written = ops.sum(stored, axis=-1) > 0
+        previous = ops.where(written[:, None], stored, one_hot)
         target = ops.stop_gradient((1.0 - weight) * one_hot + weight * previous)
         loss = self.loss_on_targets(target, y_pred, sample_weight)
-        self._update_table_metrics(one_hot, previous, epoch, weight, sample_weight)
+        self._update_table_metrics(one_hot, previous, written & (epoch > 0), weight, sample_weight)
         self._write_rows(index, ops.stop_gradient(ops.softmax(logits, axis=-1)))
         for extra in self.losses:  # the student's regularisation losses, if any
             loss = loss + self._aggregate_additional_loss(extra)
@@ -196,8 +201,8 @@ class PSKDModel(Distiller):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(x, _labels(y), y_pred, sample_weight)
 
-    def _update_table_metrics(self, one_hot, previous, epoch, weight, sample_weight):
-        used = ops.where(epoch > 0, 1.0, 0.0) * ops.ones_like(previous[:, 0])
+    def _update_table_metrics(self, one_hot, previous, used, weight, sample_weight):
+        used = ops.cast(used, "float32")
         if sample_weight is not None:
             used = used * ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
         correct = ops.equal(ops.argmax(previous, axis=-1), ops.argmax(one_hot, axis=-1))
