@@ -174,6 +174,12 @@ class Distiller(keras.Model):
             "temperature_power": loss.temperature_power,
         }
 
+    @classmethod
+    def from_config(cls, config):  # a subclass's config holds the student, serialised
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)
+
 
 class MeanOrNaN(keras.metrics.Mean):
     """``keras.metrics.Mean``, but NaN (not 0) when nothing was counted.

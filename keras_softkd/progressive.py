@@ -53,7 +53,7 @@ from keras import ops
 from keras_softkd import _checks
 from keras_softkd._replicas import run_once_across_replicas
 from keras_softkd.distillation import Distiller, MeanOrNaN
-from keras_softkd.memory_replay import _counter_dtype
+from keras_softkd.memory_replay import step_counter
 
 TABLE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -147,14 +147,7 @@ class PSKDModel(Distiller):
             name="pskd_table",
             aggregation="only_first_replica",
         )
-        self.step = self.add_weight(
-            shape=(),
-            dtype=_counter_dtype(),
-            initializer="zeros",
-            trainable=False,
-            name="pskd_step",
-            aggregation="only_first_replica",
-        )
+        self.step = step_counter(self, "pskd_step")
         self.built = True  # the student is built and the table exists
 
     # -- the reference's rule -------------------------------------------------
@@ -252,12 +245,6 @@ class PSKDModel(Distiller):
             "steps_per_epoch": self.steps_per_epoch,
             "table_dtype": self.table_dtype,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(config["model"])
-        return cls(**config)
 
 
 def _labels(y):

@@ -16,8 +16,8 @@ import math
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
+from conftest import sync, tensorflow_only, to_numpy
 from keras_softkd import PSKDModel, data
 
 BACKEND = keras.backend.backend()
@@ -27,20 +27,6 @@ STEPS = math.ceil(N / BATCH)  # 3 steps per epoch: 4, 4, 2
 EPOCHS = 3
 ALPHA_T = 0.8
 LR = 0.5
-
-
-def tensorflow_only(reason):
-    return pytest.mark.skipif(BACKEND != "tensorflow", reason=f"{reason}: TensorFlow backend only")
-
-
-def to_numpy(x):
-    return np.array(ops.convert_to_numpy(x))
-
-
-def sync(model):
-    """On JAX, ``fit`` keeps the variables' values in its state: write them back first."""
-    if BACKEND == "jax":
-        model.jax_state_sync()
 
 
 # -- the reference (docs/REFERENCE_CODE.md 1.2, float64) ---------------------------------------
