@@ -52,7 +52,7 @@ from keras import ops
 
 from keras_softkd import _checks
 from keras_softkd._replicas import run_once_across_replicas
-from keras_softkd.distillation import Distiller, MeanOrNaN
+from keras_softkd.distillation import Distiller
 from keras_softkd.memory_replay import step_counter
 
 TABLE_DTYPES = ("float32", "float16", "bfloat16")
@@ -178,7 +178,7 @@ class PSKDModel(Distiller):
         one_hot, _ = _checks.one_hot_labels(y["labels"], logits)
         epoch = self.epoch()
         weight = self.weight_of_predictions(epoch)
-        stored = ops.cast(ops.take(self.table, index, axis=0), "float32")
+        stored = self._read_rows(index)
         # A row never written (an example left out of every epoch so far, e.g. by the cut of a
         # last batch over several JAX devices) counts as the label, as epoch 0's rows do.
         written = ops.sum(stored, axis=-1) > 0
@@ -186,7 +186,7 @@ class PSKDModel(Distiller):
         target = ops.stop_gradient((1.0 - weight) * one_hot + weight * previous)
         loss = self.loss_on_targets(target, y_pred, sample_weight)
         self._update_table_metrics(one_hot, previous, written & (epoch > 0), weight, sample_weight)
-        self._write_rows(index, ops.stop_gradient(ops.softmax(logits, axis=-1)))
+        self._write_rows(index, ops.stop_gradient(ops.softmax(logits, axis=-1)), stored)
         for extra in self.losses:  # the student's regularisation losses, if any
             loss = loss + self._aggregate_additional_loss(extra)
         return loss
@@ -208,7 +208,16 @@ class PSKDModel(Distiller):
 
     # -- the table -------------------------------------------------------------
 
-    def _write_rows(self, index, probabilities):
+    def _read_rows(self, index):
+        """``table[index]`` in float32. TensorFlow: a gather from the variable (``sparse_read``),
+        not a read of the whole table, which would make the write copy it (20 MB a step)."""
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            return tf.cast(tf.gather(self.table.value, index), tf.float32)
+        return ops.cast(ops.take(self.table, index, axis=0), "float32")
+
+    def _write_rows(self, index, probabilities, stored):
         """``table[index] := probabilities`` for the whole batch (all replicas), and count the step."""
         backend = keras.backend.backend()
         probabilities = ops.cast(probabilities, self.table_dtype)
@@ -222,6 +231,9 @@ class PSKDModel(Distiller):
                 self.table.value.index_copy_(0, index.long(), probabilities)
             self.step.assign(self.step + 1)
         else:  # JAX: inside the step's stateless scope, these become the new state
+            # "+ 0 stored" orders the write after the read: without it XLA copies the whole
+            # table to keep the read's values (60 ms a step for 200000 x 100 on a CPU).
+            probabilities = probabilities + ops.cast(0 * stored, self.table_dtype)
             self.table.assign(ops.scatter_update(self.table.value, index[:, None], probabilities))
             self.step.assign(self.step + 1)
 
