@@ -8,6 +8,7 @@ KD (MrKD, MrKD-TC) and Pseudo-KD, as Keras losses and Keras model wrappers.
     MrKDModel    memory-replay self-distillation around any Keras classifier
     KDModel      distillation from a fixed pre-trained teacher
     CSKDModel    class-wise self-distillation (CS-KD) from same-class partners
+    PSKDModel    progressive self-KD (PS-KD): last epoch's predictions as targets
     models       CIFAR networks: models.build("resnet56", num_classes=100)
     metrics      top-k error, NLL, expected calibration error
     optimizers   PyTorchSGD: SGD with weight decay as torch.optim.SGD applies it
@@ -27,12 +28,14 @@ from keras_softkd import losses, metrics, models, optimizers, teachers  # noqa: 
 from keras_softkd.distillation import Distiller, KDModel  # noqa: E402,F401
 from keras_softkd.memory_replay import MrKDModel  # noqa: E402,F401
 from keras_softkd.class_wise import CSKDModel  # noqa: E402,F401
+from keras_softkd.progressive import PSKDModel  # noqa: E402,F401
 
 __all__ = [
     "CSKDModel",
     "Distiller",
     "KDModel",
     "MrKDModel",
+    "PSKDModel",
     "losses",
     "metrics",
     "models",

@@ -9,6 +9,9 @@ only say where the teacher logits come from:
 * :class:`KDModel` -- a fixed, pre-trained teacher (Hinton KD, W 4);
 * :class:`keras_softkd.MrKDModel` -- memory copies of the student itself,
   refreshed every ``interval`` steps (W Algorithm 1).
+* :class:`keras_softkd.PSKDModel` -- the student's own predictions of the
+  previous epoch, kept per example (PS-KD; it brings its own ``compute_loss``,
+  cross-entropy to a moving target, and reuses the rest).
 
 Because the loss lives in ``compute_loss``, Keras's own ``train_step`` and
 ``test_step`` do the rest: ``fit``, ``evaluate``, callbacks, mixed precision
@@ -175,7 +178,7 @@ class Distiller(keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config):  # a subclass's config holds the student, serialised
         config = dict(config)
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         return cls(**config)

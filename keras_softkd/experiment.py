@@ -8,7 +8,8 @@ The data's way through :func:`run`:
 3. :func:`build_trainer`: the network from the registry, wrapped or given a
    loss as the method's entry in ``keras_softkd.methods`` builds it (a loss
    for ce/lsr/lsrkd/pseudo_kd, :class:`MrKDModel` for mrkd, :class:`KDModel`
-   for kd, :class:`CSKDModel` for cs_kd), compiled with :class:`PyTorchSGD` and the schedule.
+   for kd, :class:`CSKDModel` for cs_kd, :class:`PSKDModel` for pskd), compiled with
+   :class:`PyTorchSGD` and the schedule.
 4. ``fit`` on :func:`keras_softkd.data.training_input` (tf.data on TensorFlow,
    a NumPy ``PyDataset`` on JAX and PyTorch) from the last checkpoint's epoch,
    evaluating on the test (or validation) set after each epoch.
@@ -22,7 +23,7 @@ Output directory::
     model.keras         the trained student
     model_best.keras    with --keep_best: the student at its best held-out accuracy
     best.json           its epoch and val_accuracy
-    checkpoint/         weights + optimizer + MrKD memory, and the epoch reached
+    checkpoint/         weights + optimizer + MrKD memory or PS-KD table, and the epoch reached
     tensorboard/        TensorBoard logs
 """
 

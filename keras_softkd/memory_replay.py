@@ -78,6 +78,19 @@ def _counter_dtype() -> str:
     return "int64"
 
 
+def step_counter(model: keras.Model, name: str):
+    """A training-step counter of ``model``: a non-trainable integer variable starting at 0,
+    saved with the weights (checkpoints resume it), one value for all replicas."""
+    return model.add_weight(
+        shape=(),
+        dtype=_counter_dtype(),
+        initializer="zeros",
+        trainable=False,
+        name=name,
+        aggregation="only_first_replica",
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_softkd")
 class MrKDModel(Distiller):
     """Wraps a classifier for memory-replay self-distillation (W Algorithm 1).
@@ -161,14 +174,7 @@ class MrKDModel(Distiller):
             [self._copy_of(variable, index, position) for position, variable in enumerate(self._sources)]
             for index in range(1, self.copies + 1)
         ]
-        self.step = self.add_weight(
-            shape=(),
-            dtype=_counter_dtype(),
-            initializer="zeros",
-            trainable=False,
-            name="mrkd_step",
-            aggregation="only_first_replica",
-        )
+        self.step = step_counter(self, "mrkd_step")
         self.built = True  # the student is built and the memory exists
 
     def _copy_of(self, variable, index: int, position: int):

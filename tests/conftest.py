@@ -116,3 +116,28 @@ def run_on_one_and_two_devices(tmp_path: pathlib.Path, prelude: str, env: dict) 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("RESULTS=")][0]
     return json.loads(line[len("RESULTS="):])
+
+
+def tensorflow_only(reason):
+    """Skips a test of a TensorFlow-only mechanism on the other backends, saying why."""
+    import keras
+
+    return pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow", reason=f"{reason}: TensorFlow backend only"
+    )
+
+
+def to_numpy(x):
+    """A variable's or tensor's value as a NumPy array (PyTorch: detached)."""
+    import keras
+    import numpy as np
+
+    return np.array(keras.ops.convert_to_numpy(x))
+
+
+def sync(model):
+    """On JAX, ``fit`` keeps the variables' values in its state: write them back first."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        model.jax_state_sync()

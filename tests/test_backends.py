@@ -1,4 +1,4 @@
-"""The loss, teacher, MrKD, CS-KD and NumPy-pipeline tests again under JAX and PyTorch.
+"""The loss, teacher, MrKD, CS-KD, PS-KD and NumPy-pipeline tests again under JAX and PyTorch.
 
 The Keras backend is fixed when Keras is first imported, so each backend runs
 in its own ``python -m pytest`` process with ``KERAS_BACKEND`` set: the one
@@ -28,6 +28,7 @@ FILES = [
     "tests/test_memory_replay.py",
     "tests/test_py_dataset.py",
     "tests/test_cskd.py",
+    "tests/test_pskd.py",
 ]
 
 

@@ -23,9 +23,8 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
-from conftest import two_replicas
+from conftest import sync, tensorflow_only, to_numpy, two_replicas
 from keras_softkd import KDModel, MrKDModel, losses
 
 BACKEND = keras.backend.backend()
@@ -59,21 +58,6 @@ def make_student(batchnorm: str = "plain") -> keras.Model:
         )
     layers += [keras.layers.ReLU(), keras.layers.Dense(3)]
     return keras.Sequential(layers)
-
-
-def tensorflow_only(reason):
-    return pytest.mark.skipif(BACKEND != "tensorflow", reason=f"{reason}: TensorFlow backend only")
-
-
-def to_numpy(x):
-    """A variable's or tensor's value as a NumPy array (PyTorch: detached)."""
-    return np.array(ops.convert_to_numpy(x))
-
-
-def sync(model):
-    """On JAX, ``fit`` keeps the variables' values in its state: write them back first."""
-    if BACKEND == "jax":
-        model.jax_state_sync()
 
 
 def data(epochs: int = 1):

@@ -50,13 +50,16 @@ def test_every_method_trains_one_step_as_train_py_builds_it(name, tmp_path):
         fields["teacher"] = str(tmp_path / "teacher.keras")
     resolved = ExperimentConfig(**fields).resolved()
     student = tiny_network(seed=0)
-    trainer = experiment.build_trainer(resolved, NUM_CLASSES, steps_per_epoch=1, student=student)
+    trainer = experiment.build_trainer(resolved, NUM_CLASSES, steps_per_epoch=1, student=student,
+                                       num_examples=8)
     before = [np.array(w) for w in student.trainable_weights]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 8, 8, 3)).astype("float32")
     y = np.arange(8) % NUM_CLASSES
     if methods.get(name).inputs == "pairs":  # CS-KD: a same-class partner per example
         x = {"images": x, "partners": rng.normal(size=x.shape).astype("float32")}
+    if methods.get(name).inputs == "indices":  # as data.training_input(inputs="indices") yields
+        y = {"labels": y, "index": np.arange(8, dtype="int32")}
     history = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
     loss = history.history["loss"][0]
     assert np.isfinite(loss) and loss > 0
@@ -132,6 +135,7 @@ def test_defaults_are_the_papers():
         "mrkd": ({"alpha": 0.25, **mrkd}, {"alpha": 0.1, **mrkd}),
         "mrkd_tc": ({"alpha": 0.25, "gamma": 0.25, **mrkd}, {"alpha": 0.1, "gamma": 0.25, **mrkd}),
         "pseudo_kd": ({"alpha": 0.2, "beta": 1.5}, {"alpha": 0.2, "beta": 2.5}),
+        "pskd": ({"alpha": 0.8}, {"alpha": 0.8}),
         "kd": ({"alpha": 0.9, "temperature": 4.0}, {"alpha": 0.9, "temperature": 4.0}),
         "cs_kd": ({"temperature": 4.0, "lam": 1.0}, {"temperature": 4.0, "lam": 1.0}),
     }

@@ -132,6 +132,7 @@ def train_epochs(
     first_epoch: int,
     epochs: int,
     augment: bool = True,
+    with_indices: bool = False,
 ) -> tf.data.Dataset:
     """Epochs ``first_epoch .. epochs - 1`` of the training pipeline, one after another.
 
@@ -140,6 +141,9 @@ def train_epochs(
     function of ``(seed, e)``: a run resumed at epoch ``e`` sees exactly the
     batches an uninterrupted run sees. Use it with ``fit(...,
     steps_per_epoch=ceil(N / batch_size), initial_epoch=first_epoch)``.
+
+    ``with_indices``: batches ``(images, {"labels": y, "index": i})``, ``i``
+    (int32) each example's row in ``x`` (for a per-example table, PS-KD).
 
     Example:
         >>> import numpy as np
@@ -169,7 +173,7 @@ def train_epochs(
         batch = tf.gather(images, index)
         if augment:
             batch = augment_batch(batch, batch_seed)
-        return normalize(batch, dataset), tf.gather(labels, index)
+        return normalize(batch, dataset), _targets(tf.gather(labels, index), index, with_indices)
 
     indices = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
     return indices.map(make_batch, num_parallel_calls=_AUTOTUNE, deterministic=True).prefetch(
@@ -357,6 +361,13 @@ def _shuffled_indices(x, y, dataset, batch_size, seed, shuffle_buffer):
         min(shuffle_buffer, count), seed=seed, reshuffle_each_iteration=True
     )
     return images, labels, indices
+
+
+def _targets(labels, index, with_indices: bool):
+    """A batch's targets: the labels, or ``{"labels": labels, "index": int32 rows}``."""
+    if not with_indices:
+        return labels
+    return {"labels": labels, "index": tf.cast(index, tf.int32)}
 
 
 def _seed_stream(seed: int) -> tf.data.Dataset:

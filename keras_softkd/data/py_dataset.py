@@ -292,6 +292,8 @@ class TrainPyDataset(_PrefetchingPyDataset):
         max_queue_size: how many batches ahead the workers prepare.
         batch_multiple: every batch's size is a multiple of it (the number of
             devices each batch is split over); ``batch_size`` must be one.
+        with_indices: batches ``(images, {"labels": y, "index": i})``, ``i``
+            (int32) each example's row in ``x`` (for a per-example table, PS-KD).
 
     Example:
         >>> import numpy as np
@@ -321,10 +323,12 @@ class TrainPyDataset(_PrefetchingPyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
         batch_multiple: int = 1,
+        with_indices: bool = False,
     ):
         super().__init__(
             x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size, batch_multiple
         )
+        self.with_indices = bool(with_indices)
         self.seed = _seed_value(seed)
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ValueError(f"`epochs` must be an integer >= 1; got epochs={epochs!r}.")
@@ -378,7 +382,13 @@ class TrainPyDataset(_PrefetchingPyDataset):
         images = self.images[chosen]
         if self.augment:
             images = augment_batch(images, batch_rng(self.seed, epoch, batch))
-        return normalize(images, self.dataset), self.labels[chosen]
+        return normalize(images, self.dataset), self._targets(chosen)
+
+    def _targets(self, chosen: np.ndarray):
+        """The labels of ``chosen``, or ``{"labels": ..., "index": chosen}`` (int32) ``with_indices``."""
+        if not self.with_indices:
+            return self.labels[chosen]
+        return {"labels": self.labels[chosen], "index": chosen.astype(np.int32)}
 
     def _index_error(self, index: int) -> str:
         return (
@@ -522,7 +532,7 @@ class EvalPyDataset(_PrefetchingPyDataset):
 # ---------------------------------------------------------------------------
 
 #: What a method's training batches carry besides the images (``methods.Method.inputs``).
-TRAINING_INPUTS = ("labels", "pairs")
+TRAINING_INPUTS = ("labels", "indices", "pairs")
 
 
 def training_input(
@@ -551,11 +561,14 @@ def training_input(
     tf.distribute splits an uneven batch itself, so tf.data keeps every example.
 
     ``inputs`` (one of :data:`TRAINING_INPUTS`, a method's ``inputs`` in the
-    method table): ``"labels"``, batches ``(images, labels)``; ``"pairs"``
-    (CS-KD), batches ``({"images": images, "partners": partners}, labels)``:
-    the images and labels of ``"labels"``, and per example a same-class
-    partner, independently augmented, deterministic per ``(seed, epoch,
-    batch)`` (:func:`keras_softkd.data.pipeline.with_partners`,
+    method table): ``"labels"``, batches ``(images, labels)``; ``"indices"``
+    (PS-KD), batches ``(images, {"labels": labels, "index": i})`` with ``i``
+    (int32) each example's row in ``x`` (a per-example table), same order and
+    augmentation; ``"pairs"`` (CS-KD), batches ``({"images": images,
+    "partners": partners}, labels)``: the images and labels of ``"labels"``,
+    and per example a same-class partner, independently augmented,
+    deterministic per ``(seed, epoch, batch)``
+    (:func:`keras_softkd.data.pipeline.with_partners`,
     :class:`TrainPairsPyDataset`; the two draw different partners).
 
     Returns:
@@ -572,6 +585,7 @@ def training_input(
         stream = pipeline.train_epochs(
             x, y, dataset=dataset, batch_size=batch_size, seed=seed,
             first_epoch=first_epoch, epochs=epochs, augment=augment,
+            with_indices=inputs == "indices",
         )
         steps_per_epoch = math.ceil(len(x) / _positive_int("batch_size", batch_size))
         if inputs == "pairs":
@@ -583,6 +597,7 @@ def training_input(
     stream = (TrainPairsPyDataset if inputs == "pairs" else TrainPyDataset)(
         x, y, dataset=dataset, batch_size=batch_size, seed=seed, first_epoch=first_epoch,
         epochs=epochs, augment=augment, workers=workers, batch_multiple=batch_multiple,
+        with_indices=inputs == "indices",
     )
     return stream, stream.steps_per_epoch
 
