@@ -64,7 +64,7 @@ from keras_softkd import data, experiment, methods, models  # noqa: E402
 from keras_softkd._io import write_json_atomic  # noqa: E402
 from keras_softkd.config import ExperimentConfig  # noqa: E402
 
-DEFAULT_METHODS = ("ce", "lsr", "lsrkd", "lsrkd_tc", "pseudo_kd", "tf_reg", "cs_kd", "mrkd1", "mrkd3")
+DEFAULT_METHODS = ("ce", "lsr", "lsrkd", "lsrkd_tc", "pseudo_kd", "tf_reg", "cs_kd", "pskd", "mrkd1", "mrkd3")
 # Largest step-time ratio to CE each method may have (issues 3 and 5), by column name.
 TARGETS = {"lsr": 1.03, "lsrkd": 1.03, "lsrkd_tc": 1.03, "pseudo_kd": 1.03, "tf_reg": 1.03,
            "mrkd1": 1.35, "mrkd3": 2.0}
