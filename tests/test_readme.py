@@ -66,3 +66,12 @@ def test_readme_block_runs_as_written(index, tmp_path):
     if "keras_softkd.report" in script:
         assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
         assert "Top-1 test error" in (tmp_path / "report.md").read_text()
+
+
+def test_the_readme_lists_every_method_of_the_table():
+    from keras_softkd import methods
+
+    listed = re.search(r"\*\*Methods\*\* `([a-z_ ]+)`", README).group(1).split()
+    assert listed == methods.names()
+    rows = re.findall(r"^\| `([a-z_]+)` \|", README, flags=re.M)
+    assert sorted(rows) == sorted(methods.names())
