@@ -12,7 +12,7 @@ see that; these tests pin the behaviour:
 * in its first step an ``MrKDModel`` (default: a copy teaches once refreshed)
   gets exactly cross-entropy's loss and gradient, while the literal reading
   (``initial_weights_teach=True``) does not;
-* after the first refresh (ResNet-56 and ResNet-164), copy 1 (the student of 63 real steps)
+* after the first refresh (ResNet-56 and ResNet-164), copy 1 (the student of 95 real steps)
   predicts finite, moderate logits whose probability is spread over the
   classes (no image near certainty, no class with most of the mass; the
   initial weights put ~all of it on one or two), and the teacher diagnostics
@@ -43,9 +43,10 @@ TEMPERATURE = 3.0
 # Training steps before the first refresh. A copy is the student in inference mode, whose
 # BatchNorm averages (momentum 0.9) still carry 0.9^k of the initial mean 0 / variance 1 after
 # k steps: ResNet-164's inference-mode logits on these images were 3e15 after 10 steps, 4e3
-# after 40, 2e2 after 60, ~12 after 100 (batch 16, lr 0.05). 64 steps keep the test at a few
-# minutes on a CPU; the papers' first refresh comes after thousands.
-STEPS = 64
+# after 40, 2e2 after 60, ~12 after 100 (batch 16, lr 0.05); after 64 they ranged from 2e2 to
+# 2.6e3 between runs (the floating-point order of a loaded CPU, amplified). 96 steps keep the test
+# at a few minutes on a CPU; the papers' first refresh comes after thousands.
+STEPS = 96
 BATCH = 16
 LR = 0.05
 
@@ -141,7 +142,7 @@ def test_the_first_refreshed_copy_teaches_a_spread_distribution(name, images):
     np.testing.assert_allclose(history["teaching_copies"], [1 / STEPS], rtol=1e-6)
     copy_logits = keras.ops.convert_to_numpy(mrkd.teacher_logits(x_test))[0].astype("float64")
     copy_1 = metrics.teacher_summary(copy_logits, TEMPERATURE)
-    # A network of 63 steps is weak (its argmax may favour one or two classes), but what it
+    # A network of 95 steps is weak (its argmax may favour one or two classes), but what it
     # teaches is spread: finite, moderate logits, no image near certainty, and no class that
     # takes most of the probability mass over the images.
     assert copy_1["finite"] == 1.0, copy_1
