@@ -138,7 +138,12 @@ def test_defaults_are_the_papers():
         "pskd": ({"alpha": 0.8}, {"alpha": 0.8}),
         "kd": ({"alpha": 0.9, "temperature": 4.0}, {"alpha": 0.9, "temperature": 4.0}),
         "cs_kd": ({"temperature": 4.0, "lam": 1.0}, {"temperature": 4.0, "lam": 1.0}),
+        "tf_reg": tuple(
+            {"alpha": 0.1, "temperature": 20.0, "multiplier": m, "correct_probability": 0.99,
+             "tf_reg_form": "code"} for m in (100.0, 10.0)
+        ),
     }
+    assert set(expected) == set(methods.names())
     for name, (cifar100, others) in expected.items():
         assert config.method_defaults(name, "cifar100", 200) == cifar100
         assert config.method_defaults(name, "cifar10", 200) == others
