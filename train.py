@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from keras_softkd import methods  # noqa: E402
+from keras_softkd.losses import TF_REG_FORMS  # noqa: E402
 from keras_softkd.config import (  # noqa: E402
     DATASETS,
     LR_SCHEDULES,
@@ -60,7 +61,7 @@ flags.DEFINE_float("multiplier", None, methods.flag_help(
     "multiplier", "TF-reg's per-network weight m > 0 of its KL term (the reference code's)."))
 flags.DEFINE_float("correct_probability", None, methods.flag_help(
     "correct_probability", "TF-reg's hand-made teacher: probability of the true class."))
-flags.DEFINE_enum("tf_reg_form", None, ["code", "paper"], methods.flag_help(
+flags.DEFINE_enum("tf_reg_form", None, list(TF_REG_FORMS), methods.flag_help(
     "tf_reg_form", "TF-reg: the reference code's loss, or the paper's Eq. 9 (docs/METHODS.md)."))
 flags.DEFINE_float("lam", None, methods.flag_help(
     "lam", "CS-KD's weight lambda >= 0 of its KL term (the reference code's --lamda)."))

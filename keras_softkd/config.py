@@ -15,6 +15,7 @@ import math
 from typing import Optional
 
 from keras_softkd import methods
+from keras_softkd.losses import TF_REG_FORMS
 
 # Thin names derived from the method table (keras_softkd.methods), kept for their readers.
 METHODS = tuple(methods.names())
@@ -134,8 +135,6 @@ class ExperimentConfig:
         if "correct_probability" in values:
             _number_in("correct_probability", values["correct_probability"], 0.0, 1.0)
         if "tf_reg_form" in values:
-            from keras_softkd.losses import TF_REG_FORMS
-
             _one_of("tf_reg_form", values["tf_reg_form"], TF_REG_FORMS)
         if "lam" in values:
             _number_in("lam", values["lam"], 0.0, math.inf, high_open=True)
