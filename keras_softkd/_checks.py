@@ -35,6 +35,13 @@ def positive_int(name: str, value: int) -> int:
     return int(value)
 
 
+def non_negative_int(name: str, value: int) -> int:
+    """Raises ``ValueError`` unless ``value`` is an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"`{name}` must be an integer >= 0; got {name}={value!r}.")
+    return int(value)
+
+
 def _is_real(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
         value, bool

@@ -51,12 +51,14 @@ __all__ = [
     "pseudo_kd",
     "tf_reg",
     "cs_kd",
+    "beta_ls",
     "LSRLoss",
     "LsrKDLoss",
     "KDLoss",
     "PseudoKDLoss",
     "TFRegLoss",
     "CSKDLoss",
+    "BetaLSLoss",
 ]
 
 #: TF-reg's two readings: what the reference code computes, and the paper's equation.
@@ -420,6 +422,50 @@ def tf_reg(
     return _checks.mark_invalid(loss, valid)
 
 
+def beta_ls(labels, logits, teacher_logits, draws, alpha: float = 0.6, ranks=None) -> "Tensor":  # noqa: F821
+    """Beta-LS, instance-specific label smoothing from a weight-averaged teacher (Zhang & Sabuncu 2020).
+
+    What the reference code computes (ZhiluZhang123/neurips_2020_distillation @
+    f913a07, ``train_smoothing.py`` l.116-118, ``loss.py`` l.7-33)::
+
+        c_i = softmax(teacher_i)[y_i]                 the teacher's confidence in the label
+        b   = sort(draws)[rank of c_i in the batch]   draws ~ Beta(beta, 1), one per example
+        y~_i = b on y_i, (1 - b) / (K - 1) elsewhere
+        loss_i = (1-a) CE(p_i, q_i(1)) - a sum_k y~_ik log(q_ik(1) + 1e-8)
+
+    the ``+ 1e-8`` inside the log as in the code (it caps a class's term at
+    ``log 1e-8``; the cross-entropy term is the exact log-softmax). The
+    teacher gets no gradient.
+
+    Args:
+        labels: integer ``(batch,)`` or one-hot ``(batch, K)`` labels.
+        logits: ``(batch, K)`` student logits.
+        teacher_logits: ``(batch, K)`` the teacher's logits.
+        draws: ``(n,)`` draws from ``Beta(beta, 1)`` (``n`` = the batch, or the
+            global batch over replicas with ``ranks``).
+        alpha: weight ``a`` in ``[0, 1]`` of the smoothed term (code: 0.6).
+        ranks: each example's rank among the ``n`` (default: by ``c`` in this batch).
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> z, t = np.array([[2.0, 0.0, 0.0]]), np.array([[1.0, 0.0, 0.0]])
+        >>> round(float(losses.beta_ls(np.array([0]), z, t, np.array([0.8]), alpha=0.6)[0]), 4)
+        0.4795
+    """
+    _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+    logits = _checks.as_float32(logits)
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    if ranks is None:
+        teacher = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
+        confidence = ops.sum(ops.softmax(teacher, axis=-1) * one_hot, axis=-1)
+        ranks = teachers.confidence_ranks(confidence)
+    smoothed = ops.stop_gradient(teachers.beta_smoothing(one_hot, ranks, draws))
+    log_q = ops.log(ops.softmax(logits, axis=-1) + 1e-8)
+    losses = (1.0 - alpha) * cross_entropy(one_hot, logits) - alpha * ops.sum(smoothed * log_q, axis=-1)
+    return _checks.mark_invalid(losses, valid)
+
+
 def _checked_form(form: str) -> str:
     if form not in TF_REG_FORMS:
         raise ValueError(f"`form` must be one of {list(TF_REG_FORMS)}; got form={form!r}.")
@@ -476,6 +522,42 @@ def cs_kd(labels, logits, partner_logits, temperature: float = 4.0, lam: float =
 # values (mean by default) and, under tf.distribute, divides by the number of
 # replicas so that the summed gradients are right.
 # --------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class BetaLSLoss(keras.losses.Loss):
+    """Beta-LS (:func:`beta_ls`): ``y_true = {"labels", "teacher_logits", "draws"}`` (and ``"ranks"``).
+
+    :class:`keras_softkd.BetaLSModel` calls it with its weight-averaged
+    teacher's logits and this step's ``Beta(beta, 1)`` draws.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.losses import BetaLSLoss
+        >>> y = {"labels": np.array([0]), "teacher_logits": np.array([[1.0, 0.0, 0.0]]),
+        ...      "draws": np.array([0.8])}
+        >>> round(float(BetaLSLoss(alpha=0.6)(y, np.array([[2.0, 0.0, 0.0]]))), 4)
+        0.4795
+    """
+
+    def __init__(self, alpha: float = 0.6, reduction="sum_over_batch_size", name="beta_ls", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
+
+    def call(self, y_true, y_pred):
+        keys = set(y_true) if isinstance(y_true, dict) else set()
+        if not {"labels", "teacher_logits", "draws"} <= keys <= {"labels", "teacher_logits", "draws", "ranks"}:
+            raise ValueError(
+                "BetaLSLoss expects y_true = {'labels': ..., 'teacher_logits': ..., 'draws': ...} "
+                f"(and optionally 'ranks'); got {sorted(keys) or type(y_true).__name__}."
+            )
+        return beta_ls(
+            y_true["labels"], y_pred, y_true["teacher_logits"], y_true["draws"], self.alpha,
+            y_true.get("ranks"),
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")

@@ -26,32 +26,26 @@ setting below, and a copy that does not teach is not run (a ``cond`` on the
 device). ``initial_weights_teach=True`` restores the literal reading (every
 copy teaches from step 1) for ablations.
 
-How the algorithm maps onto Keras:
+**A weight-averaged teacher** (W's conclusion: "Weight averaging can merge
+the current and the historical model to obtain a better teacher like Mean
+Teacher"): with ``average_decay``, the student's weights and BatchNorm
+statistics are also averaged (``bar := r bar + (1-r) theta``, ``r = min(1 -
+1/(g+1), decay)`` after every ``average_interval`` steps;
+:class:`keras_softkd.past_weights.Average`), and the average teaches beside the
+``n`` copies (``copies=0``: alone), in inference mode, corrected like the
+copies under MrKD-TC. It teaches from the step the first copy would (``t >=
+kappa``; from step 1 with ``initial_weights_teach``), so ``m`` counts it first.
 
-* The copies are non-trainable variables of :class:`MrKDModel`, one per
-  student variable (trainable weights **and** BatchNorm moving statistics),
-  created equal to the student's initial weights. They are part of the
-  model's weights, so checkpoints, ``BackupAndRestore`` and ``.keras`` files
-  carry them.
-* ``t`` is a step counter variable of the model (also checkpointed). The
-  refresh runs **inside** ``train_step``, before the forward pass, keyed on
-  that counter: it is exact with ``steps_per_execution > 1``, under XLA and
-  under ``tf.distribute``, and nobody can forget to add a callback. The copy
-  is a device-side ``assign`` inside a ``cond``: no host round trip, and no
-  work on the steps that do not refresh.
-* A copy's forward pass is ``model.stateless_call(copy weights, x,
-  training=False)``: the student's own layers run with the copy's weights, in
-  inference mode (BatchNorm uses the copy's moving statistics), without
-  gradients.
-* Under ``tf.distribute`` the refresh and the counter run once, in
-  cross-replica context, and write every replica's copy of the memory: all
-  replicas hold identical copies.
-* On JAX, whose ``train_step(state, data)`` is stateless, the same refresh is
-  a function of the variables' values: the step returns the refreshed copies
-  and counter in its new state (``_memory_refresh_jax.py``). On PyTorch the
-  step is stateful, as on TensorFlow (``ops.cond`` is a Python ``if`` there);
-  with ``jit_compile=True`` the refresh runs outside the ``torch.compile``
-  graph.
+How the algorithm maps onto Keras: the copies and the average are memories
+of :mod:`keras_softkd.past_weights` (non-trainable variables of
+:class:`MrKDModel`, one per student variable, trainable weights **and**
+BatchNorm moving statistics, checkpointed and saved with it), updated on the
+device at the start of each step, keyed on the model's step counter ``t``
+(also checkpointed): exact with ``steps_per_execution > 1``, under XLA, under
+``tf.distribute`` (all replicas hold identical copies), on JAX (in the step's
+state) and PyTorch. A copy's forward pass is ``model.stateless_call(copy
+weights, x, training=False)``: the student's own layers, the copy's weights
+and moving statistics, no gradients.
 """
 
 from __future__ import annotations
@@ -61,34 +55,11 @@ from typing import Optional
 import keras
 from keras import ops
 
-from keras_softkd import _checks
-from keras_softkd._replicas import run_once_across_replicas
+from keras_softkd import _checks, past_weights
 from keras_softkd.distillation import Distiller
+from keras_softkd.past_weights import step_counter  # noqa: F401  (kept importable from here)
 
 MRKD_DEFAULTS = {"alpha": 0.1, "temperature": 3.0, "copies": 3}
-
-
-def _counter_dtype() -> str:
-    """int64, or int32 on JAX without ``jax_enable_x64`` (which truncates int64 anyway)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        if not jax.config.jax_enable_x64:
-            return "int32"
-    return "int64"
-
-
-def step_counter(model: keras.Model, name: str):
-    """A training-step counter of ``model``: a non-trainable integer variable starting at 0,
-    saved with the weights (checkpoints resume it), one value for all replicas."""
-    return model.add_weight(
-        shape=(),
-        dtype=_counter_dtype(),
-        initializer="zeros",
-        trainable=False,
-        name=name,
-        aggregation="only_first_replica",
-    )
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")
@@ -123,6 +94,11 @@ class MrKDModel(Distiller):
             been refreshed. ``True``: Algorithm 1 read literally, every copy
             teaches from step 1, the initial weights included (an ablation:
             see the one-class teachers in docs/METHODS.md).
+        average_decay: ``None`` (default), or the decay in ``[0, 1)`` of a
+            weight-averaged teacher beside the copies (``copies=0``: alone);
+            Mean Teacher's 0.999 per step.
+        average_interval: steps between the average's updates (1: every step;
+            ``interval``: at the copies' pace).
 
     Example:
         >>> import keras, numpy as np
@@ -146,10 +122,17 @@ class MrKDModel(Distiller):
         gamma: Optional[float] = None,
         temperature_power: Optional[float] = None,
         initial_weights_teach: bool = False,
+        average_decay: Optional[float] = None,
+        average_interval: int = 1,
         **kwargs,
     ):
         super().__init__(model, alpha, temperature, gamma, temperature_power, **kwargs)
-        self.copies = _checks.positive_int("copies", copies)
+        self.average_decay = past_weights.check_decay(average_decay, "average_decay")
+        self.average_interval = _checks.positive_int("average_interval", average_interval)
+        if self.average_decay is None:
+            self.copies = _checks.positive_int("copies", copies)
+        else:  # the average may teach alone
+            self.copies = _checks.non_negative_int("copies", copies)
         if interval is None:
             raise ValueError(
                 "MrKDModel needs `interval` (kappa, the steps between refreshes): W's best is "
@@ -168,28 +151,20 @@ class MrKDModel(Distiller):
                 "MrKDModel needs a built `model` (its weights are copied): give it an "
                 "Input, or call it once on a batch, before wrapping it."
             )
-        self._sources = list(model.trainable_variables) + list(model.non_trainable_variables)
-        self._num_trainable = len(model.trainable_variables)
-        self.memory = [
-            [self._copy_of(variable, index, position) for position, variable in enumerate(self._sources)]
-            for index in range(1, self.copies + 1)
+        self._sources = past_weights.student_variables(model)
+        self._copies = [
+            past_weights.Memory(self, model, f"memory{index}") for index in range(1, self.copies + 1)
         ]
+        self.memory = [copy.variables for copy in self._copies]  # theta_1 .. theta_n
+        self._updates = [past_weights.Shift(self._copies, self.interval)] if self._copies else []
+        self.average = None
+        if self.average_decay is not None:
+            self.average = past_weights.Memory(self, model, "average")
+            self._updates.append(
+                past_weights.Average(self.average, self.average_decay, self.average_interval)
+            )
         self.step = step_counter(self, "mrkd_step")
         self.built = True  # the student is built and the memory exists
-
-    def _copy_of(self, variable, index: int, position: int):
-        copy = self.add_weight(
-            shape=variable.shape,
-            dtype=variable.dtype,
-            initializer="zeros",
-            trainable=False,
-            name=f"memory{index}_{position}",
-            aggregation="only_first_replica",
-        )
-        # theta_i starts at the student's initial weights. A copy of the value, not the value:
-        # on JAX assign() would share the student's buffer, which the jitted step donates.
-        copy.assign(ops.copy(variable))
-        return copy
 
     # -- W Algorithm 1 -------------------------------------------------------
 
@@ -198,48 +173,26 @@ class MrKDModel(Distiller):
         return ops.equal(ops.mod(self.step + 1, self.interval), 0)
 
     def _refresh(self):
-        for newer, older in zip(reversed(self.memory[:-1]), reversed(self.memory[1:])):
-            for source, target in zip(newer, older):  # theta_i := theta_(i-1), i = n .. 2
-                target.assign(source)
-        for source, target in zip(self._sources, self.memory[0]):  # theta_1 := theta
-            target.assign(source)
-
-    def _start_step(self):
-        """Refresh the copies if step ``t`` is due, then count the step."""
-        ops.cond(self.refresh_due(), self._refresh, lambda: None)
-        self.step.assign_add(1)
+        """The copies' refresh, unconditionally (benchmarks/mrkd_overhead.py times it)."""
+        past_weights._write(self._updates[0], self.step.value)
 
     def train_step(self, *args):
-        """Refresh the copies if step ``t`` is due and count it, then Keras's own step.
-
-        TensorFlow and PyTorch: ``train_step(data)`` is stateful and the
-        refresh assigns the variables. JAX: ``train_step(state, data)`` is
-        stateless, and the refresh returns new values of the copies and the
-        counter inside the state handed to the parent's step
-        (``keras_softkd/_memory_refresh_jax.py``).
-        """
-        if keras.backend.backend() == "jax":
-            from keras_softkd._memory_refresh_jax import refreshed_state
-
-            state, data = args
-            return super().train_step(refreshed_state(self, state), data)
-        if keras.backend.backend() == "torch":
-            # Outside any torch.compile graph (jit_compile=True): compiled, the shift of
-            # the copies read theta_1 after it was overwritten, and ops.cond recompiled
-            # the step on every call.
-            import torch
-
-            torch.compiler.disable(self._start_step)()
-        else:
-            run_once_across_replicas(self._start_step)
-        return super().train_step(*args)
+        """Update the memories due at step ``t`` and count it (:func:`past_weights.start_step`),
+        then Keras's own step (on JAX, on the state with the new values)."""
+        return super().train_step(*past_weights.start_step(self, self._updates, self.step, args))
 
     def teaching(self):
-        """``m``, how many copies teach at step ``t`` (the counter): ``min(n, floor(t / kappa))``,
-        the copies refreshed so far; ``n`` with ``initial_weights_teach``."""
+        """``m``, how many teachers teach at step ``t`` (the counter), counted in
+        :meth:`teacher_logits`' order: the average (if any) once ``t >= kappa``, then the
+        copies refreshed so far, ``min(n, floor(t / kappa))``; all with ``initial_weights_teach``."""
+        teachers = self.copies + (self.average is not None)
         if self.initial_weights_teach:
-            return ops.convert_to_tensor(self.copies, dtype=self.step.dtype)
-        return ops.minimum(ops.floor_divide(self.step, self.interval), self.copies)
+            return ops.convert_to_tensor(teachers, dtype=self.step.dtype)
+        refreshes = ops.floor_divide(self.step, self.interval)
+        teaching = ops.minimum(refreshes, self.copies)
+        if self.average is not None:
+            teaching = teaching + ops.cast(refreshes >= 1, teaching.dtype)
+        return teaching
 
     def _teacher_metrics(self) -> list:
         return [*super()._teacher_metrics(), self.teaching_copies]
@@ -249,22 +202,24 @@ class MrKDModel(Distiller):
         self.teaching_copies.update_state(ops.cast(teaching, "float32"))
 
     def teacher_logits(self, inputs):
-        """What the copies teach on ``inputs``: ``(n, batch, K)`` float32 logits, inference mode.
+        """What the memories teach on ``inputs``: ``(m_max, batch, K)`` float32 logits, inference
+        mode: the average first (if any), then copies ``theta_1 .. theta_n``.
 
-        A copy that does not teach yet (see :meth:`teaching`) is not run: its
+        A teacher that does not teach yet (see :meth:`teaching`) is not run: its
         logits are zeros, which the loss ignores. :meth:`copy_logits` runs them all.
         """
+        teachers = ([self.average] if self.average is not None else []) + self._copies
         if self.initial_weights_teach:
-            return self.copy_logits(inputs)
+            return ops.stack([teacher.logits(inputs) for teacher in teachers])
         teaching = self.teaching()
         batch = ops.shape(keras.tree.flatten(inputs)[0])[0]
         num_classes = self.model.output_shape[-1]
         outputs = []
-        for index, weights in enumerate(self.memory):
+        for index, teacher in enumerate(teachers):
             outputs.append(
                 ops.cond(
                     teaching > index,
-                    lambda weights=weights: self._copy_forward(weights, inputs),
+                    lambda teacher=teacher: teacher.logits(inputs),
                     lambda: ops.zeros((batch, num_classes), dtype="float32"),
                 )
             )
@@ -273,13 +228,13 @@ class MrKDModel(Distiller):
     def copy_logits(self, inputs):
         """Logits of all ``n`` copies, ``(n, batch, K)`` float32, inference mode, whether
         they teach or not (to watch them: a copy not yet refreshed holds the initial weights)."""
-        return ops.stack([self._copy_forward(weights, inputs) for weights in self.memory])
+        return ops.stack([copy.logits(inputs) for copy in self._copies])
 
-    def _copy_forward(self, weights, inputs):
-        logits, _ = self.model.stateless_call(
-            weights[: self._num_trainable], weights[self._num_trainable :], inputs, training=False
-        )
-        return ops.cast(logits, "float32")
+    def average_logits(self, inputs):
+        """Logits of the weight average, ``(batch, K)`` float32, inference mode."""
+        if self.average is None:
+            raise ValueError("This MrKDModel has no weight average (give `average_decay`).")
+        return self.average.logits(inputs)
 
     # -- saving ----------------------------------------------------------------
 
@@ -289,4 +244,6 @@ class MrKDModel(Distiller):
             "copies": self.copies,
             "interval": self.interval,
             "initial_weights_teach": self.initial_weights_teach,
+            "average_decay": self.average_decay,
+            "average_interval": self.average_interval,
         }

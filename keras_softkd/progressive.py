@@ -53,7 +53,7 @@ from keras import ops
 from keras_softkd import _checks
 from keras_softkd._replicas import run_once_across_replicas
 from keras_softkd.distillation import Distiller
-from keras_softkd.memory_replay import step_counter
+from keras_softkd.past_weights import step_counter
 
 TABLE_DTYPES = ("float32", "float16", "bfloat16")
 

@@ -15,6 +15,9 @@ bfloat16 inputs finite: nothing here takes ``log(softmax(.))`` or clips.
   with no gradient.
 * :func:`hand_made` -- TF-reg's manually designed teacher ``softmax(p^d / t)``
   (Yuan et al. 2020, as their code computes it).
+* :func:`confidence_ranks` and :func:`beta_smoothing` -- Beta-LS's
+  instance-specific smoothed labels (Zhang & Sabuncu 2020, as their code
+  computes them; these two are probabilities, not log-probabilities).
 
 All functions use ``keras.ops`` only and run on every Keras backend.
 """
@@ -184,3 +187,56 @@ def hand_made(one_hot_labels, correct_probability: float, temperature: float) ->
 
 def _safe_log(value: float) -> float:
     return math.log(value) if value > 0 else -math.inf
+
+
+def confidence_ranks(confidence) -> "Tensor":  # noqa: F821
+    """Each example's rank by ``confidence`` in its batch, 0 for the least confident.
+
+    ``rank_i = #{j: c_j < c_i} + #{j < i: c_j = c_i}``: ties go by position,
+    so the ranks are a permutation of ``0 .. B-1`` on every backend (an
+    ``O(B^2)`` count, nothing for a batch of 128).
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import teachers
+        >>> np.asarray(teachers.confidence_ranks(np.array([0.5, 0.1, 0.9, 0.1]))).tolist()
+        [2, 0, 3, 1]
+    """
+    confidence = ops.convert_to_tensor(confidence)
+    size = ops.shape(confidence)[0]
+    below = ops.cast(confidence[None, :] < confidence[:, None], "int32")
+    position = ops.arange(size, dtype="int32")
+    tied_before = ops.cast(confidence[None, :] == confidence[:, None], "int32") * ops.cast(
+        position[None, :] < position[:, None], "int32"
+    )
+    return ops.sum(below + tied_before, axis=1)
+
+
+def beta_smoothing(one_hot_labels, ranks, draws) -> "Tensor":  # noqa: F821
+    """Beta-LS's smoothed labels: the ``r``-th smallest draw ``b`` on the label, ``(1-b)/(K-1)`` elsewhere.
+
+    The example of rank ``r`` (:func:`confidence_ranks` of the teacher's
+    probability of the true class) gets ``b = sort(draws)[r]``: the least
+    confident example the smallest draw from ``Beta(beta, 1)``, the most
+    confident the largest, so an example the teacher finds hard is smoothed
+    most (Zhang & Sabuncu 2020, ZhiluZhang123/neurips_2020_distillation @
+    f913a07, ``loss.py`` l.7-33).
+
+    Args:
+        one_hot_labels: ``(batch, K)``.
+        ranks: ``(batch,)`` integer ranks in ``[0, len(draws))``.
+        draws: ``(n,)`` draws in ``[0, 1]``, any order, ``n >= batch``.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import teachers
+        >>> y = np.eye(3, dtype="float32")[[0, 1]]
+        >>> t = teachers.beta_smoothing(y, np.array([1, 0]), np.array([0.9, 0.6], "float32"))
+        >>> np.round(np.asarray(t), 2).tolist()
+        [[0.9, 0.05, 0.05], [0.2, 0.6, 0.2]]
+    """
+    one_hot_labels = ops.convert_to_tensor(one_hot_labels, dtype="float32")
+    num_classes = one_hot_labels.shape[-1]
+    on_label = ops.take(ops.sort(ops.cast(draws, "float32")), ops.cast(ranks, "int32"))[:, None]
+    elsewhere = (1.0 - on_label) / (num_classes - 1)
+    return one_hot_labels * on_label + (1.0 - one_hot_labels) * elsewhere
