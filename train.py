@@ -48,8 +48,10 @@ flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("alpha", None, methods.flag_help("alpha", "Method weight alpha in [0, 1]."))
 flags.DEFINE_float("temperature", None, methods.flag_help("temperature", "Temperature > 0."))
 flags.DEFINE_float("gamma", None, methods.flag_help("gamma", "Teacher correction in [0, 1]."))
-flags.DEFINE_float("beta", None, methods.flag_help("beta", "Pseudo-KD beta > 0."))
-flags.DEFINE_integer("copies", None, methods.flag_help("copies", "MrKD memory copies n >= 1."))
+flags.DEFINE_float("beta", None, methods.flag_help(
+    "beta", "Pseudo-KD's beta > 0; Beta-LS's prior Beta(beta, 1) of the label's weight."))
+flags.DEFINE_integer("copies", None, methods.flag_help(
+    "copies", "MrKD memory copies n >= 1 (>= 0 beside a weight average)."))
 flags.DEFINE_float("kappa", None, methods.flag_help(
     "kappa", "MrKD refresh interval in epochs (fractions allowed; epochs/8 is the paper's 25 "
     "of 200)."))
@@ -65,6 +67,11 @@ flags.DEFINE_enum("tf_reg_form", None, list(TF_REG_FORMS), methods.flag_help(
     "tf_reg_form", "TF-reg: the reference code's loss, or the paper's Eq. 9 (docs/METHODS.md)."))
 flags.DEFINE_float("lam", None, methods.flag_help(
     "lam", "CS-KD's weight lambda >= 0 of its KL term (the reference code's --lamda)."))
+flags.DEFINE_float("ema_decay", None, methods.flag_help(
+    "ema_decay", "Decay in [0, 1) of a weight average of the student (Mean Teacher's warm-up "
+    "min(1 - 1/(g+1), decay)); Beta-LS's lambda."))
+flags.DEFINE_enum("ema_every", None, list(methods.EMA_EVERY), methods.flag_help(
+    "ema_every", "When MrKD's weight average is updated: every step, or every kappa."))
 flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initialisation).")
 flags.DEFINE_string("output_dir", "runs/{method}/seed{seed}",
                     "Where results, checkpoints and logs go; {method} and {seed} are filled in.")

@@ -71,6 +71,8 @@ class ExperimentConfig:
     correct_probability: Optional[float] = None
     tf_reg_form: Optional[str] = None
     lam: Optional[float] = None
+    ema_decay: Optional[float] = None
+    ema_every: Optional[str] = None
     seed: int = 0
     strategy: str = "auto"
     mixed_precision: bool = False
@@ -122,7 +124,7 @@ class ExperimentConfig:
         if "beta" in values:
             _number_in("beta", values["beta"], 0.0, math.inf, low_open=True)
         if "copies" in values:
-            _integer_at_least("copies", values["copies"], 1)
+            _integer_at_least("copies", values["copies"], methods.get(self.method).fewest_copies())
         if "kappa" in values:
             _number_in("kappa", values["kappa"], 0.0, math.inf, low_open=True)
         if "initial_weights_teach" in values and not isinstance(values["initial_weights_teach"], bool):
@@ -138,6 +140,10 @@ class ExperimentConfig:
             _one_of("tf_reg_form", values["tf_reg_form"], TF_REG_FORMS)
         if "lam" in values:
             _number_in("lam", values["lam"], 0.0, math.inf, high_open=True)
+        if "ema_decay" in values:
+            _number_in("ema_decay", values["ema_decay"], 0.0, 1.0, high_open=True)
+        if "ema_every" in values:
+            _one_of("ema_every", values["ema_every"], methods.EMA_EVERY)
         for name, required in methods.get(self.method).required().items():
             if not values.get(name):
                 raise UsageError(f"--method={self.method} needs --{name}, {required.what}.")

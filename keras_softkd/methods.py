@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any, Union
 import keras
 
 from keras_softkd import losses
+from keras_softkd.beta_smoothing import BetaLSModel
 from keras_softkd.class_wise import CSKDModel
 from keras_softkd.distillation import KDModel
 from keras_softkd.memory_replay import MrKDModel
@@ -203,11 +204,15 @@ class Method:
             'MrKD-TC'
         """
         copies = values.get("copies")
-        label = _COPIES.sub("" if copies is None else f"-{copies}", self.label)
+        label = _COPIES.sub(f"-{copies}" if copies else "", self.label)  # 0 copies: none
         for name in self.ablations:
             if values.get(name):
                 label += f" ({name.replace('_', ' ')})"
         return label
+
+    def fewest_copies(self) -> int:
+        """1, or 0 for a method whose other teacher can teach alone (its default is 0 copies)."""
+        return 0 if self.parameters.get("copies") == 0 else 1
 
     def column_pattern(self) -> re.Pattern | None:
         """The regular expression of the ``column`` spelling (``mrkd-3`` too), or None."""
@@ -231,12 +236,23 @@ def with_loss(make_loss: Callable[["ExperimentConfig"], keras.losses.Loss]) -> B
 
 
 def _memory_replay(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+    interval = config.interval_steps(setup.steps_per_epoch)
+    average = {}
+    if config.ema_decay is not None:  # mrkd_ema, mrkd_ema_tc
+        every = 1 if config.ema_every == "step" else interval
+        average = {"average_decay": config.ema_decay, "average_interval": every}
     trainer = MrKDModel(
-        student, copies=config.copies, interval=config.interval_steps(setup.steps_per_epoch),
+        student, copies=config.copies, interval=interval,
         alpha=config.alpha, temperature=config.temperature, gamma=config.gamma,
-        initial_weights_teach=config.initial_weights_teach,
+        initial_weights_teach=config.initial_weights_teach, **average,
     )
     return trainer, {}
+
+
+def _beta_smoothing(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+    return BetaLSModel(
+        student, alpha=config.alpha, beta=config.beta, lam=config.ema_decay, seed=config.seed
+    ), {}
 
 
 def _distillation(config: "ExperimentConfig", student: keras.Model, setup: Setup):
@@ -260,6 +276,8 @@ def _progressive(config: "ExperimentConfig", student: keras.Model, setup: Setup)
 
 _KAPPA = EpochsOver(8)  # the paper's 25 epochs of 200, in proportion for shorter runs
 _MRKD_ALPHA = PerDataset(cifar100=0.25, other=0.1)
+#: When a weight average is updated: every step, or at the copies' pace (every kappa).
+EMA_EVERY = ("step", "kappa")
 
 _TABLE: dict[str, Method] = {
     method.name: method
@@ -298,6 +316,21 @@ _TABLE: dict[str, Method] = {
             _memory_replay, column="mrkd{copies}_tc", ablations=("initial_weights_teach",),
         ),
         Method(
+            "mrkd_ema", "MrKD-{copies}-EMA",
+            "mrkd with a weight-averaged teacher (an EMA of the student's weights and BatchNorm "
+            "statistics), alone (copies 0) or beside n copies (W's conclusion; Mean Teacher)",
+            # The average's decay and warm-up are Mean Teacher's (and Beta-LS's code's) 0.999.
+            {"alpha": _MRKD_ALPHA, "temperature": 3.0, "copies": 0, "kappa": _KAPPA,
+             "ema_decay": 0.999, "ema_every": "step", "initial_weights_teach": False},
+            _memory_replay, column="mrkd{copies}_ema", ablations=("initial_weights_teach",),
+        ),
+        Method(
+            "mrkd_ema_tc", "MrKD-{copies}-EMA-TC", "mrkd_ema with Teacher Correction of every teacher",
+            {"alpha": _MRKD_ALPHA, "temperature": 3.0, "gamma": 0.25, "copies": 0, "kappa": _KAPPA,
+             "ema_decay": 0.999, "ema_every": "step", "initial_weights_teach": False},
+            _memory_replay, column="mrkd{copies}_ema_tc", ablations=("initial_weights_teach",),
+        ),
+        Method(
             "pseudo_kd", "Pseudo-KD",
             "label smoothing by the student's own P* = softmax(z a / b) (P 5, 10-13)",
             {"alpha": 0.2, "beta": PerDataset(cifar100=1.5, other=2.5)},
@@ -330,6 +363,14 @@ _TABLE: dict[str, Method] = {
             # alpha is alpha_T, the reference's CIFAR-100 value (docs/METHODS.md, PS-KD).
             {"alpha": 0.8},
             _progressive, inputs="indices",
+        ),
+        Method(
+            "beta_ls", "Beta-LS",
+            "Beta smoothing: the label weighted by a Beta(beta, 1) draw matched to a weight-averaged "
+            "teacher's confidence (Zhang & Sabuncu 2020)",
+            # The reference code's defaults (train_smoothing.py --alpha 0.6 --beta 3 --lamda 0.999).
+            {"alpha": 0.6, "beta": 3.0, "ema_decay": 0.999},
+            _beta_smoothing,
         ),
         Method(
             "kd", "KD", "KD from a fixed pre-trained --teacher (Hinton et al.; W 4)",
@@ -376,8 +417,8 @@ def parse_name(text: str) -> tuple[str, dict[str, int]]:
         pattern = method.column_pattern()
         match = pattern.match(text) if pattern else None
         if match:
-            if int(match.group(1)) < 1:
-                raise ValueError(f"{text!r} needs at least 1 copy.")
+            if int(match.group(1)) < method.fewest_copies():
+                raise ValueError(f"{text!r} needs at least {method.fewest_copies()} copy.")
             return method.name, {"copies": int(match.group(1))}
     templates = counted_columns()
     raise ValueError(
@@ -394,7 +435,7 @@ def counted_columns() -> list[str]:
 def column_name(method: str, copies: int | None = None) -> str:
     """The canonical short spelling: ``column_name("mrkd_tc", 3) == "mrkd3_tc"``."""
     entry = get(method)
-    if copies is None:
+    if copies is None or (copies == 0 and entry.fewest_copies() == 0):
         return method
     if not entry.column:
         raise ValueError(f"{method!r} has no memory copies.")
@@ -422,8 +463,8 @@ def flag_help(parameter: str, text: str) -> str:
     """A hyper-parameter flag's help: ``text`` plus the methods that read it and their defaults.
 
     Example:
-        >>> flag_help("beta", "Pseudo-KD beta > 0.")
-        'Pseudo-KD beta > 0. Used by (default): pseudo_kd (1.5 on cifar100, else 2.5).'
+        >>> flag_help("lam", "CS-KD's lambda >= 0.")
+        "CS-KD's lambda >= 0. Used by (default): cs_kd (1.0)."
     """
     uses = [f"{m.name} ({_show(m.parameters[parameter])})" for m in _TABLE.values()
             if parameter in m.parameters]

@@ -232,7 +232,7 @@ def beta_smoothing(one_hot_labels, ranks, draws) -> "Tensor":  # noqa: F821
         >>> from keras_softkd import teachers
         >>> y = np.eye(3, dtype="float32")[[0, 1]]
         >>> t = teachers.beta_smoothing(y, np.array([1, 0]), np.array([0.9, 0.6], "float32"))
-        >>> np.round(np.asarray(t), 2).tolist()
+        >>> np.asarray(t, 'float64').round(2).tolist()
         [[0.9, 0.05, 0.05], [0.2, 0.6, 0.2]]
     """
     one_hot_labels = ops.convert_to_tensor(one_hot_labels, dtype="float32")
