@@ -68,8 +68,11 @@ flags.DEFINE_enum("tf_reg_form", None, list(TF_REG_FORMS), methods.flag_help(
 flags.DEFINE_float("lam", None, methods.flag_help(
     "lam", "CS-KD's weight lambda >= 0 of its KL term (the reference code's --lamda)."))
 flags.DEFINE_float("ema_decay", None, methods.flag_help(
-    "ema_decay", "Decay in [0, 1) of a weight average of the student (Mean Teacher's warm-up "
-    "min(1 - 1/(g+1), decay)); Beta-LS's lambda."))
+    "ema_decay", "Beta-LS's lambda in [0, 1): the per-step decay of its teacher, a weight average "
+    "of the student (Mean Teacher's warm-up min(1 - 1/(g+1), lambda))."))
+flags.DEFINE_float("ema_horizon", None, methods.flag_help(
+    "ema_horizon", "MrKD's weight average: its mean age in epochs (decay = 1 - update interval / "
+    "horizon)."))
 flags.DEFINE_enum("ema_every", None, list(methods.EMA_EVERY), methods.flag_help(
     "ema_every", "When MrKD's weight average is updated: every step, or every kappa."))
 flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initialisation).")

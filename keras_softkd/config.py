@@ -72,6 +72,7 @@ class ExperimentConfig:
     tf_reg_form: Optional[str] = None
     lam: Optional[float] = None
     ema_decay: Optional[float] = None
+    ema_horizon: Optional[float] = None
     ema_every: Optional[str] = None
     seed: int = 0
     strategy: str = "auto"
@@ -142,8 +143,16 @@ class ExperimentConfig:
             _number_in("lam", values["lam"], 0.0, math.inf, high_open=True)
         if "ema_decay" in values:
             _number_in("ema_decay", values["ema_decay"], 0.0, 1.0, high_open=True)
+        if "ema_horizon" in values:
+            _number_in("ema_horizon", values["ema_horizon"], 0.0, math.inf, low_open=True)
         if "ema_every" in values:
             _one_of("ema_every", values["ema_every"], methods.EMA_EVERY)
+            if values["ema_every"] == "kappa" and values["ema_horizon"] <= values["kappa"]:
+                raise UsageError(
+                    f"--ema_every=kappa averages the snapshots taken every kappa: --ema_horizon "
+                    f"(the average's mean age, {values['ema_horizon']:g} epochs) must exceed "
+                    f"--kappa ({values['kappa']:g}), e.g. --ema_horizon={3 * values['kappa']:g}."
+                )
         for name, required in methods.get(self.method).required().items():
             if not values.get(name):
                 raise UsageError(f"--method={self.method} needs --{name}, {required.what}.")

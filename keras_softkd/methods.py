@@ -238,9 +238,11 @@ def with_loss(make_loss: Callable[["ExperimentConfig"], keras.losses.Loss]) -> B
 def _memory_replay(config: "ExperimentConfig", student: keras.Model, setup: Setup):
     interval = config.interval_steps(setup.steps_per_epoch)
     average = {}
-    if config.ema_decay is not None:  # mrkd_ema, mrkd_ema_tc
+    if config.ema_horizon is not None:  # mrkd_ema, mrkd_ema_tc
         every = 1 if config.ema_every == "step" else interval
-        average = {"average_decay": config.ema_decay, "average_interval": every}
+        horizon = max(1, round(config.ema_horizon * setup.steps_per_epoch))
+        # The average's mean age, 1 / (1 - decay) updates, is the horizon.
+        average = {"average_decay": max(0.0, 1.0 - every / horizon), "average_interval": every}
     trainer = MrKDModel(
         student, copies=config.copies, interval=interval,
         alpha=config.alpha, temperature=config.temperature, gamma=config.gamma,
@@ -319,15 +321,16 @@ _TABLE: dict[str, Method] = {
             "mrkd_ema", "MrKD-{copies}-EMA",
             "mrkd with a weight-averaged teacher (an EMA of the student's weights and BatchNorm "
             "statistics), alone (copies 0) or beside n copies (W's conclusion; Mean Teacher)",
-            # The average's decay and warm-up are Mean Teacher's (and Beta-LS's code's) 0.999.
+            # The average's mean age (its horizon) is kappa by default: as old as a copy at its
+            # refresh, and in proportion to the run as kappa is (docs/METHODS.md).
             {"alpha": _MRKD_ALPHA, "temperature": 3.0, "copies": 0, "kappa": _KAPPA,
-             "ema_decay": 0.999, "ema_every": "step", "initial_weights_teach": False},
+             "ema_horizon": _KAPPA, "ema_every": "step", "initial_weights_teach": False},
             _memory_replay, column="mrkd{copies}_ema", ablations=("initial_weights_teach",),
         ),
         Method(
             "mrkd_ema_tc", "MrKD-{copies}-EMA-TC", "mrkd_ema with Teacher Correction of every teacher",
             {"alpha": _MRKD_ALPHA, "temperature": 3.0, "gamma": 0.25, "copies": 0, "kappa": _KAPPA,
-             "ema_decay": 0.999, "ema_every": "step", "initial_weights_teach": False},
+             "ema_horizon": _KAPPA, "ema_every": "step", "initial_weights_teach": False},
             _memory_replay, column="mrkd{copies}_ema_tc", ablations=("initial_weights_teach",),
         ),
         Method(

@@ -139,10 +139,10 @@ def test_defaults_are_the_papers():
         "kd": ({"alpha": 0.9, "temperature": 4.0}, {"alpha": 0.9, "temperature": 4.0}),
         "cs_kd": ({"temperature": 4.0, "lam": 1.0}, {"temperature": 4.0, "lam": 1.0}),
         "mrkd_ema": tuple({"alpha": a, "temperature": 3.0, "copies": 0, "kappa": 25.0,
-                           "ema_decay": 0.999, "ema_every": "step", "initial_weights_teach": False}
+                           "ema_horizon": 25.0, "ema_every": "step", "initial_weights_teach": False}
                           for a in (0.25, 0.1)),
         "mrkd_ema_tc": tuple({"alpha": a, "temperature": 3.0, "gamma": 0.25, "copies": 0,
-                              "kappa": 25.0, "ema_decay": 0.999, "ema_every": "step",
+                              "kappa": 25.0, "ema_horizon": 25.0, "ema_every": "step",
                               "initial_weights_teach": False} for a in (0.25, 0.1)),
         "beta_ls": ({"alpha": 0.6, "beta": 3.0, "ema_decay": 0.999},
                     {"alpha": 0.6, "beta": 3.0, "ema_decay": 0.999}),
