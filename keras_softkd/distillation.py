@@ -148,8 +148,12 @@ class Distiller(keras.Model):
             weight = weight * ops.cast(used, "float32")[:, None]
         if sample_weight is not None:
             weight = weight * ops.cast(ops.reshape(sample_weight, (1, -1)), "float32")
-        self.teacher_accuracy.update_state(correct, sample_weight=weight)
-        self.teacher_top_probability.update_state(top, sample_weight=weight)
+        # Flat: every (teacher, example) pair counts once. Keras's Mean would first average a
+        # 2-D input over its last axis, making a short batch (the last, or a replica's share)
+        # count as much as a full one.
+        weight = ops.reshape(weight, (-1,))
+        self.teacher_accuracy.update_state(ops.reshape(correct, (-1,)), sample_weight=weight)
+        self.teacher_top_probability.update_state(ops.reshape(top, (-1,)), sample_weight=weight)
 
     def test_step(self, *args):
         """Keras's own ``test_step``; the teacher diagnostics stay out of its logs."""

@@ -194,6 +194,36 @@ def ref_cs_kd(p, z, z_partner, t, lam):
     return value, grad
 
 
+def ref_beta_ls(p, z, z_teacher, draws, a):
+    """Beta-LS, transcribed from the reference code (ZhiluZhang123/neurips_2020_distillation
+    @ f913a07, loss.py l.7-33, soft_beta_loss; train_smoothing.py l.118) in float64 NumPy::
+
+        maximum = (softmax(outputs_orig) * tensor_labels).max(dim=1); indices = maximum.sort()
+        random_beta = sort(np.random.beta(beta, 1, n))           # here: the given draws, sorted
+        beta_label = sorted_labels * random_beta + (1 - random_beta) / (K - 1) off the label
+        beta_loss = sum(-beta_label * log(sorted_softmax + 1e-8)) / n
+        loss = (1 - a) * CrossEntropyLoss(outputs, labels) + a * beta_loss
+
+    per example (un-sorted), and its gradient: with ``w_k = y~_k q_k / (q_k + 1e-8)``,
+    ``d/dz_j [-sum_k y~_k log(q_k + 1e-8)] = q_j sum_k w_k - w_j``. The ranking takes the
+    teacher's confidence in float32, as the reference code (and the package) computes it, with
+    ties in batch order (a stable sort; the code's ``torch.sort`` leaves their order open).
+    """
+    k = p.shape[-1]
+    confidence = np.sum(np.exp(np_log_softmax(np.asarray(z_teacher, np.float32))).astype(np.float32)
+                        * p, axis=-1)
+    order = np.argsort(confidence, kind="stable")
+    on_label = np.empty(len(p))
+    on_label[order] = np.sort(np.asarray(draws, np.float64))
+    smoothed = p * on_label[:, None] + (1.0 - p) * ((1.0 - on_label) / (k - 1))[:, None]
+    log_q1 = np_log_softmax(z)
+    q = np.exp(log_q1)
+    value = (1.0 - a) * np_ce(p, log_q1) - a * np.sum(smoothed * np.log(q + 1e-8), axis=-1)
+    w = smoothed * q / (q + 1e-8)
+    grad = (1.0 - a) * (q - p) + a * (q * w.sum(axis=-1, keepdims=True) - w)
+    return value, grad
+
+
 # ==========================================================================
 # The methods: the package call and its reference, side by side
 # ==========================================================================
@@ -213,6 +243,8 @@ def _mr(zt, t):
 def _mr_tc(p, zt, t, g):
     return np.stack([log_memory_replay_correction(p, x, t, g) for x in zt])
 
+
+BETA_DRAWS = np.random.default_rng(7).beta(3.0, 1.0, 6).astype(np.float32)  # one per example
 
 METHODS = {
     "ce": Method(0, lambda y, z, zt: losses.ce(y, z), lambda p, z, zt: ref_ce(p, z)),
@@ -325,6 +357,17 @@ METHODS = {
         1,
         lambda y, z, zt: losses.cs_kd(y, z, zt[0], temperature=2.0, lam=3.0),
         lambda p, z, zt: ref_cs_kd(p, z, zt[0], 2.0, 3.0),
+    ),
+    # Beta-LS: the weight average's logits play the one teacher; the code's alpha 0.6.
+    "beta_ls": Method(
+        1,
+        lambda y, z, zt: losses.beta_ls(y, z, zt[0], BETA_DRAWS, alpha=0.6),
+        lambda p, z, zt: ref_beta_ls(p, z, zt[0], BETA_DRAWS, 0.6),
+    ),
+    "beta_ls_a1": Method(
+        1,
+        lambda y, z, zt: losses.beta_ls(y, z, zt[0], BETA_DRAWS, alpha=1.0),
+        lambda p, z, zt: ref_beta_ls(p, z, zt[0], BETA_DRAWS, 1.0),
     ),
 }
 
@@ -1140,8 +1183,10 @@ def test_out_of_range_label_in_compiled_function_is_nan(name, bad):
     value = to_numpy(call(ops.convert_to_tensor(y_bad, "int32"), ops.convert_to_tensor(z, "float32")))
     assert np.isnan(value[2])
     good = np.arange(BATCH) != 2
-    np.testing.assert_allclose(value[good], method.ref(np_one_hot(y, 10), z, zt)[0][good],
-                               **VALUE_TOL)
+    one_hot = np_one_hot(y, 10)
+    if name.startswith("beta_ls"):  # the batch is ranked together: the bad example counts as
+        one_hot[2] = 0.0  # a teacher confidence of 0 (its one-hot row is all zeros)
+    np.testing.assert_allclose(value[good], method.ref(one_hot, z, zt)[0][good], **VALUE_TOL)
 
 
 def test_out_of_range_label_through_a_loss_class_in_compiled_function_is_nan():
