@@ -24,7 +24,7 @@ method         per-example loss                                             equa
 ``tf_reg``     ``(1-a) CE(p, q(1)) + a (m/K) KL(softmax(p^d/t) || q(1))``   Yuan 2020 code
 ``cs_kd``      ``CE(p, q(1)) + lam t^2 KL(softmax(z'/t) || q(t))``, ``z'``     Yun 2020 code
                a same-class partner's logits
-``kr_ls``      ``CE(p, q(1)) + a KL(q_res || softmax(S_y)_res)``, ``_res``:   Ding 2021
+``kr_ls``      ``CE(p, q(1)) + a KL(p_res || softmax(S_y)_res)``, ``_res``:   Ding 2021
                over the K-1 classes other than the label, ``S`` learned    Alg. 1
 =============  ===========================================================  =========
 

@@ -29,6 +29,7 @@ FILES = [
     "tests/test_py_dataset.py",
     "tests/test_cskd.py",
     "tests/test_pskd.py",
+    "tests/test_krls.py",
 ]
 
 
