@@ -534,6 +534,63 @@ def test_two_replicas_equal_one_device():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@tensorflow_only("tf.distribute.MirroredStrategy")
+def test_two_replicas_with_a_batch_they_split_unevenly():
+    """11 examples, batches 4, 4, 3 (the last split 2 + 1): the matrix step is the global batch's
+    mean (sum and count all-reduced), as on one device. (The network's step under an uneven split
+    is Keras's mean of per-replica means, so only the weights before the last step agree.)"""
+    from conftest import two_replicas
+
+    x, y = make_data(n=11)
+    batches = make_batches(x, y, epochs=1)
+    one = make_krls()
+    initial = [to_numpy(w) for w in one.student.layers[-1].weights]
+    one.fit(tf_stream(batches), epochs=1, steps_per_epoch=STEPS, verbose=0)
+    two = make_krls(two_replicas())
+    two.fit(tf_stream(batches), epochs=1, steps_per_epoch=STEPS, verbose=0)
+    expected = reference_run(initial, batches)[-1]["matrix"]
+    np.testing.assert_allclose(one.matrix.numpy(), expected, rtol=1e-5, atol=1e-6)
+    for copy in two.matrix.value.values:
+        np.testing.assert_allclose(copy.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+_JAX_TWO_DEVICES = """
+import sys
+sys.path.insert(0, "tests")
+import keras
+devices = keras.distribution.list_devices("cpu")
+assert len(devices) == 2, devices
+keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+import test_krls as t
+x, y = t.make_data()
+batches = t.make_batches(x, y)  # 4, 4, 2: each device gets half of every batch
+krls, initial, recorder, history = t.train(batches)
+t.assert_matches_reference(recorder, t.reference_run(initial, batches))
+print("STEPS", [row["step"] for row in recorder.rows])
+"""
+
+
+@tensorflow_only("run from the default (TensorFlow) suite, which starts the JAX process itself")
+def test_jax_data_parallel_over_two_devices_equals_the_reference():
+    """keras.distribution.DataParallel over two CPU devices (JAX): the matrix step sums both
+    devices' halves of each batch; step by step as the reference."""
+    import importlib.util
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install -e '.[backends]')")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, "-c", _JAX_TWO_DEVICES], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"STEPS {list(range(1, EPOCHS * STEPS + 1))}" in result.stdout
+
+
 # -- real CIFAR-10 --------------------------------------------------------------------------
 
 
