@@ -81,18 +81,30 @@ class ReferenceKR:
         self.K, self.alpha, self.lr = num_classes, alpha, lr
         self.kernel, self.bias = kernel.astype(np.float64), bias.astype(np.float64)
 
-    def step(self, x, labels):
+    def step(self, x, labels, weights=None):
         x = x.astype(np.float64)
+        weights = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
         logits = x @ self.kernel + self.bias  # training-mode forward, pre-update weights
         rows = self.S[labels]  # read before l.12's update
         total, _ = reference_losses(labels, logits, rows, self.alpha)
         dz, ds = reference_gradients(labels, logits, rows, self.alpha)
-        dz, ds = dz / len(x), ds / len(x)  # batch means
+        self.diagnostics(labels, logits, rows)
+        total = total * weights  # Keras: sum of the weighted losses over the batch size
+        dz, ds = dz * weights[:, None] / len(x), ds * weights[:, None] / len(x)  # batch means
         self.kernel -= self.lr * x.T @ dz  # l.11
         self.bias -= self.lr * dz.sum(0)
         for k, g in zip(labels, ds):  # l.12: S <- S - beta alpha grad_S L_upd
             self.S[k] -= self.lr * self.alpha * g
         return total.mean()
+
+    def diagnostics(self, labels, logits, rows):
+        """The logged teacher diagnostics of a step, per example: does the residual label's top
+        class equal the student's top non-label class; the residual label's top probability."""
+        self.agree, self.top = [], []
+        for k, z, s in zip(labels, logits, rows):
+            q, p = residual(s, k), residual(z, k)
+            self.agree.append(float(q.argmax() == p.argmax()))
+            self.top.append(float(np.exp(q.max())))
 
 
 # -- the loss battery -----------------------------------------------------------------------
@@ -287,11 +299,13 @@ def reference_run(initial, batches, steps=STEPS, lr=LR):
     states, total, count = [], 0.0, 0
     for t, (x, labels) in enumerate(batches):
         if t % steps == 0:
-            total, count = 0.0, 0
+            total, count, agree, top = 0.0, 0, [], []
         loss = reference.step(x, labels)
         total, count = total + loss * len(x), count + len(x)
+        agree, top = agree + reference.agree, top + reference.top
         states.append({"step": t + 1, "matrix": reference.S.copy(), "kernel": reference.kernel.copy(),
-                       "bias": reference.bias.copy(), "loss": total / count})
+                       "bias": reference.bias.copy(), "loss": total / count,
+                       "teacher_accuracy": np.mean(agree), "teacher_top_probability": np.mean(top)})
     return states
 
 
@@ -324,10 +338,32 @@ def test_step_by_step_equals_the_reference():
     assert_matches_reference(recorder, states)
     matrix = states[-1]["matrix"]
     assert np.all(np.diag(matrix) == 0) and np.abs(matrix).max() > 1e-2  # it moved, off the diagonal
+    for name in ("teacher_accuracy", "teacher_top_probability"):  # each epoch's mean
+        expected = [states[(e + 1) * STEPS - 1][name] for e in range(EPOCHS)]
+        np.testing.assert_allclose(history.history[name], expected, rtol=1e-5, err_msg=name)
     # The residual label's top probability: 1/(K-1) while S = 0 (step 1), above it later.
     assert all(1 / (K - 1) - 1e-6 <= v <= 1 for v in history.history["teacher_top_probability"])
     assert history.history["teacher_top_probability"][-1] > 1 / (K - 1) + 1e-3
     assert all(0 <= v <= 1 for v in history.history["teacher_accuracy"])
+
+
+def test_sample_weights_weight_each_example_in_both_steps():
+    """A sample weight scales its example's loss (Keras: the weighted sum over the batch size)
+    and its share of the matrix's gradient; weight 0 leaves an example out of both."""
+    x, y = make_data()
+    weights = np.random.RandomState(5).choice([0.0, 0.5, 2.0], N).astype("float32")
+    krls = make_krls()
+    kernel, bias = [to_numpy(w) for w in krls.student.layers[-1].weights]
+    krls.fit(x, y, sample_weight=weights, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    sync(krls)
+    reference = ReferenceKR(K, ALPHA, kernel, bias, LR)
+    for _ in range(2):
+        for start in range(0, N, BATCH):
+            part = slice(start, start + BATCH)
+            reference.step(x[part], y[part], weights[part])
+    np.testing.assert_allclose(to_numpy(krls.matrix), reference.S, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(krls.student.layers[-1].weights[0]), reference.kernel,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_a_learning_rate_schedule_drives_the_matrix():
