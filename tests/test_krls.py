@@ -672,3 +672,18 @@ def test_on_real_cifar10(real_data_dir):
     assert np.all(np.isfinite(history["loss"]))
     # The residual label sharpened from uniform (1/9) as the matrix learned.
     assert history["teacher_top_probability"][-1] > history["teacher_top_probability"][0] > 1 / 9 - 1e-6
+
+
+def test_docstring_examples():
+    import doctest
+
+    from keras_softkd import knowledge_refinery
+
+    result = doctest.testmod(knowledge_refinery)
+    assert result.attempted > 0 and result.failed == 0
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
+    for function in (losses.residual_log_softmax, losses.kr_ls, losses.kr_ls_update,
+                     losses.kr_ls_row_gradient, KRLSLoss):
+        for test in finder.find(function, function.__name__, globs={}):
+            runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
