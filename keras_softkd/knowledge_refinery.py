@@ -28,8 +28,11 @@ this implementation decides (docs/METHODS.md, "KR-LS"):
 * **The matrix step.** A plain gradient step ``S -= beta alpha G`` (l.12 read
   literally): no momentum, no weight decay on ``S``; ``beta`` is the
   optimizer's learning rate of this step (its schedule at the model's own step
-  counter; a constant rate as the optimizer holds it). The network's step is
-  the optimizer's (momentum, weight decay), as for every method here.
+  counter, which also counts a step the ``mixed_float16`` loss-scale optimizer
+  skips: the matrix step needs no gradient and is taken anyway; a constant
+  rate as the optimizer holds it, on JAX as ``compile`` found it). The
+  network's step is the optimizer's (momentum, weight decay), as for every
+  method here.
 * **Which predictions.** This step's training-mode forward, with the weights
   before the step; ``L_res`` reads ``S`` before its update, so the network and
   the matrix move simultaneously from the same forward (l.11 and l.12 use the
