@@ -9,7 +9,7 @@ MrKD-3-TC. P = "Pseudo Knowledge Distillation" (Table 1, CIFAR-100 and
 CIFAR-10): 200 epochs, lr /5 at 60/120/160, batch 128 (64 for ResNeXt-29,
 ResNet-50, ResNet-101), columns Base, LS, KD-Shuffle, KD-29, Pseudo-KD; its
 Table 2 (MobileNetV2, ResNet-18, ResNet-50) adds the teacher-free baselines
-(here: CS-KD, TF-reg and PS-KD) beside Base, KD-29, LS and Pseudo-KD, the same runs: both
+(here: CS-KD, TF-reg, PS-KD and KR-LS) beside Base, KD-29, LS and Pseudo-KD, the same runs: both
 tables' cells write to ``runs/p/<dataset>/<model>/<column>/``, so a cell in
 both is run once (``python -m keras_softkd.report runs/p --layout=p_table2``).
 Hyper-parameters not written here are the papers' defaults (config.py).
@@ -115,6 +115,8 @@ def p_columns(dataset: str, model: str, table2: bool) -> dict[str, list[str]]:
                          f"--temperature={temperature:g}", f"--multiplier={multiplier:g}"]
     columns["cs_kd"] = train_flags("cs_kd")  # the reference's T = 4, lambda = 1 (the defaults)
     columns["pskd"] = train_flags("pskd")  # alpha_T = 0.8, the reference's (the default)
+    columns["beta_ls"] = train_flags("beta_ls")  # the reference's a 0.6, beta 3, lamda 0.999
+    columns["kr_ls"] = train_flags("kr_ls")  # alpha = 1 (the default; docs/METHODS.md, KR-LS)
     return columns
 
 

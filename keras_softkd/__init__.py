@@ -10,6 +10,7 @@ KD (MrKD, MrKD-TC) and Pseudo-KD, as Keras losses and Keras model wrappers.
     CSKDModel    class-wise self-distillation (CS-KD) from same-class partners
     PSKDModel    progressive self-KD (PS-KD): last epoch's predictions as targets
     BetaLSModel  Beta smoothing (Beta-LS) from a weight average of the student
+    KRLSModel    Knowledge Refinery (KR-LS): a learned K x K residual label per class
     models       CIFAR networks: models.build("resnet56", num_classes=100)
     metrics      top-k error, NLL, expected calibration error
     optimizers   PyTorchSGD: SGD with weight decay as torch.optim.SGD applies it
@@ -31,12 +32,14 @@ from keras_softkd.memory_replay import MrKDModel  # noqa: E402,F401
 from keras_softkd.class_wise import CSKDModel  # noqa: E402,F401
 from keras_softkd.progressive import PSKDModel  # noqa: E402,F401
 from keras_softkd.beta_smoothing import BetaLSModel  # noqa: E402,F401
+from keras_softkd.knowledge_refinery import KRLSModel  # noqa: E402,F401
 
 __all__ = [
     "BetaLSModel",
     "CSKDModel",
     "Distiller",
     "KDModel",
+    "KRLSModel",
     "MrKDModel",
     "PSKDModel",
     "losses",

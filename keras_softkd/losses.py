@@ -24,6 +24,8 @@ method         per-example loss                                             equa
 ``tf_reg``     ``(1-a) CE(p, q(1)) + a (m/K) KL(softmax(p^d/t) || q(1))``   Yuan 2020 code
 ``cs_kd``      ``CE(p, q(1)) + lam t^2 KL(softmax(z'/t) || q(t))``, ``z'``     Yun 2020 code
                a same-class partner's logits
+``kr_ls``      ``CE(p, q(1)) + a KL(p_res || softmax(S_y)_res)``, ``_res``:   Ding 2021
+               over the K-1 classes other than the label, ``S`` learned    Alg. 1
 =============  ===========================================================  =========
 
 Labels may be integers, shape ``(batch,)`` or ``(batch, 1)``, or one-hot,
@@ -52,6 +54,10 @@ __all__ = [
     "tf_reg",
     "cs_kd",
     "beta_ls",
+    "kr_ls",
+    "kr_ls_update",
+    "kr_ls_row_gradient",
+    "residual_log_softmax",
     "LSRLoss",
     "LsrKDLoss",
     "KDLoss",
@@ -59,6 +65,7 @@ __all__ = [
     "TFRegLoss",
     "CSKDLoss",
     "BetaLSLoss",
+    "KRLSLoss",
 ]
 
 #: TF-reg's two readings: what the reference code computes, and the paper's equation.
@@ -517,6 +524,135 @@ def cs_kd(labels, logits, partner_logits, temperature: float = 4.0, lam: float =
     return _checks.mark_invalid(loss, valid)
 
 
+# Knowledge Refinery (KR-LS, Ding et al., AAAI 2021, Algorithm 1) ------------------------------
+
+#: The logit given to the label's entry before a residual softmax: exp of it is exactly 0 in
+#: float32, and it stays finite (no inf - inf, no NaN gradient) where -inf would not.
+_LEFT_OUT = -1e30
+
+
+def residual_log_softmax(values, one_hot) -> "Tensor":  # noqa: F821
+    """Log-softmax over the ``K - 1`` entries that are not the label's (KR's ``(z)_{\\k}``).
+
+    The label's entry gets a finite ``-1e30`` (probability exactly 0); the
+    others are ``log_softmax`` of ``values`` with that entry left out. Takes
+    logits (or rows of KR's matrix) of shape ``(batch, K)`` and the one-hot
+    labels; float32.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> out = losses.residual_log_softmax(np.zeros((1, 3), "float32"), np.eye(3, dtype="float32")[[0]])
+        >>> np.round(np.exp(np.asarray(out)), 4).tolist()
+        [[0.0, 0.5, 0.5]]
+    """
+    values = _checks.as_float32(values)
+    one_hot = _same_dtype(one_hot, values)
+    return ops.log_softmax(ops.where(one_hot > 0, _LEFT_OUT, values), axis=-1)
+
+
+def _residual_kl(one_hot, log_a, log_b):
+    """``KL(a || b)`` over the non-label entries of two residual log-distributions."""
+    terms = ops.exp(log_a) * (log_a - log_b)
+    return ops.sum(ops.where(one_hot > 0, 0.0, terms), axis=-1)
+
+
+def kr_ls(labels, logits, rows, alpha: float = 1.0) -> "Tensor":  # noqa: F821
+    """Knowledge Refinery (KR-LS; Ding et al., AAAI 2021, Algorithm 1 l.4-10), per example.
+
+    ``CE(y, softmax(z)) + alpha * KL(p_res || q_res)`` with
+    ``p_res = softmax(z_{\\k})``, the student's distribution over the ``K - 1``
+    classes other than the label ``k`` (Alg. 1 l.6-7), and
+    ``q_res = softmax(S_k)`` over the same classes, ``S_k`` the label's row of
+    the residual correlation matrix (l.8), held constant (no gradient flows
+    into ``rows``). This is ``L_hard + alpha L_res`` (l.5, l.10, l.11); the
+    matrix's own loss is :func:`kr_ls_update`.
+
+    Args:
+        labels: integer ``(batch,)`` or one-hot ``(batch, K)`` labels.
+        logits: ``(batch, K)`` student logits.
+        rows: ``(batch, K)``, each example's row ``S_k`` of the matrix (its
+            label's entry is ignored).
+        alpha: the weight ``alpha >= 0`` of the residual loss.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> z, rows = np.array([[2.0, 1.0, 0.0]]), np.zeros((1, 3))
+        >>> round(float(losses.kr_ls(np.array([0]), z, rows, alpha=1.0)[0]), 4)
+        0.5186
+    """
+    _checks.in_closed_range("alpha", alpha, 0.0, math.inf)
+    logits = _checks.as_float32(logits)
+    rows = ops.stop_gradient(_checks.as_float32(rows))
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    _check_rows(rows, logits)
+    student = residual_log_softmax(logits, one_hot)
+    row = residual_log_softmax(rows, one_hot)
+    loss = cross_entropy(one_hot, logits) + alpha * _residual_kl(one_hot, student, row)
+    return _checks.mark_invalid(loss, valid)
+
+
+def kr_ls_update(labels, logits, rows) -> "Tensor":  # noqa: F821
+    """KR's update loss ``L_upd = KL(q_res || p_res)`` per example (Algorithm 1 l.9).
+
+    The loss the matrix descends (l.12); the student's logits are held
+    constant. See :func:`kr_ls` for ``p_res`` and ``q_res``.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> z, rows = np.array([[2.0, 1.0, 0.0]]), np.zeros((1, 3))
+        >>> round(float(losses.kr_ls_update(np.array([0]), z, rows)[0]), 4)
+        0.1201
+    """
+    logits = ops.stop_gradient(_checks.as_float32(logits))
+    rows = _checks.as_float32(rows)
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    _check_rows(rows, logits)
+    row = residual_log_softmax(rows, one_hot)
+    return _checks.mark_invalid(
+        _residual_kl(one_hot, row, residual_log_softmax(logits, one_hot)), valid
+    )
+
+
+def kr_ls_row_gradient(labels, logits, rows) -> "Tensor":  # noqa: F821
+    """``d L_upd / d S_k`` per example, in closed form: ``(batch, K)``, 0 at the label.
+
+    With ``q = q_res`` and ``p = p_res`` (:func:`kr_ls`), for every class
+    ``j != k``: ``q_j (log q_j - log p_j - KL(q || p))``. The step's matrix
+    gradient is the batch mean of these, each added to its label's row
+    (``keras_softkd.KRLSModel``). No gradient flows into ``logits``.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd import losses
+        >>> z, rows = np.array([[2.0, 1.0, 0.0]]), np.zeros((1, 3))
+        >>> np.round(np.asarray(losses.kr_ls_row_gradient(np.array([0]), z, rows)), 4).tolist()
+        [[0.0, -0.25, 0.25]]
+    """
+    logits = ops.stop_gradient(_checks.as_float32(logits))
+    rows = ops.stop_gradient(_checks.as_float32(rows))
+    one_hot, valid = _checks.one_hot_labels(labels, logits)
+    _check_rows(rows, logits)
+    log_q = residual_log_softmax(rows, one_hot)
+    log_p = residual_log_softmax(logits, one_hot)
+    kl = _residual_kl(one_hot, log_q, log_p)
+    gradient = ops.exp(log_q) * (log_q - log_p - kl[:, None])
+    gradient = ops.where(one_hot > 0, 0.0, gradient)
+    if valid is not None:
+        gradient = ops.where(valid[:, None], gradient, math.nan)
+    return gradient
+
+
+def _check_rows(rows, logits) -> None:
+    if tuple(rows.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"`rows` must have the logits' shape {tuple(logits.shape)} (each example's row of "
+            f"the K x K matrix); got {tuple(rows.shape)}."
+        )
+
+
 # --------------------------------------------------------------------------
 # keras.losses.Loss classes. Keras's Loss.__call__ reduces the per-example
 # values (mean by default) and, under tf.distribute, divides by the number of
@@ -819,3 +955,38 @@ class CSKDLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature, "lam": self.lam}
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class KRLSLoss(keras.losses.Loss):
+    """KR-LS (Ding et al. 2021, Alg. 1): ``CE(p, q(1)) + alpha KL(p_res || q_res)``; see :func:`kr_ls`.
+
+    The rows ``S_k`` of the matrix travel in ``y_true`` as teacher logits, so
+    :class:`keras_softkd.KRLSModel` reduces it as every Keras loss::
+
+        value = KRLSLoss(alpha=1.0)({"labels": y, "teacher_logits": rows}, logits)
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.losses import KRLSLoss
+        >>> y = {"labels": np.array([0]), "teacher_logits": np.zeros((1, 3))}
+        >>> round(float(KRLSLoss(alpha=1.0)(y, np.array([[2.0, 1.0, 0.0]]))), 4)
+        0.5186
+    """
+
+    def __init__(self, alpha: float = 1.0, reduction="sum_over_batch_size", name="kr_ls",
+                 dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, math.inf)
+
+    def call(self, y_true, y_pred):
+        keys = set(y_true) if isinstance(y_true, dict) else set()
+        if keys != {"labels", "teacher_logits"}:
+            raise ValueError(
+                "KRLSLoss expects y_true = {'labels': ..., 'teacher_logits': <each example's row "
+                f"of the matrix>}}; got {sorted(keys) or type(y_true).__name__}."
+            )
+        return kr_ls(y_true["labels"], y_pred, y_true["teacher_logits"], self.alpha)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}

@@ -71,6 +71,7 @@ from keras_softkd import losses
 from keras_softkd.beta_smoothing import BetaLSModel
 from keras_softkd.class_wise import CSKDModel
 from keras_softkd.distillation import KDModel
+from keras_softkd.knowledge_refinery import KRLSModel
 from keras_softkd.memory_replay import MrKDModel
 from keras_softkd.progressive import PSKDModel
 
@@ -276,6 +277,10 @@ def _progressive(config: "ExperimentConfig", student: keras.Model, setup: Setup)
     return trainer, {}
 
 
+def _knowledge_refinery(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+    return KRLSModel(student, alpha=config.alpha), {}
+
+
 _KAPPA = EpochsOver(8)  # the paper's 25 epochs of 200, in proportion for shorter runs
 _MRKD_ALPHA = PerDataset(cifar100=0.25, other=0.1)
 #: When a weight average is updated: every step, or at the copies' pace (every kappa).
@@ -374,6 +379,14 @@ _TABLE: dict[str, Method] = {
             # The reference code's defaults (train_smoothing.py --alpha 0.6 --beta 3 --lamda 0.999).
             {"alpha": 0.6, "beta": 3.0, "ema_decay": 0.999},
             _beta_smoothing,
+        ),
+        Method(
+            "kr_ls", "KR-LS",
+            "Knowledge Refinery: CE + a KL(p_res || softmax(S_y)_res) over the non-label classes, "
+            "S a K x K matrix learned beside the network (Ding et al. 2021, Algorithm 1)",
+            # alpha = 1: the unweighted sum of Algorithm 1's two losses (docs/METHODS.md, KR-LS).
+            {"alpha": 1.0},
+            _knowledge_refinery,
         ),
         Method(
             "kd", "KD", "KD from a fixed pre-trained --teacher (Hinton et al.; W 4)",

@@ -136,6 +136,7 @@ def test_defaults_are_the_papers():
         "mrkd_tc": ({"alpha": 0.25, "gamma": 0.25, **mrkd}, {"alpha": 0.1, "gamma": 0.25, **mrkd}),
         "pseudo_kd": ({"alpha": 0.2, "beta": 1.5}, {"alpha": 0.2, "beta": 2.5}),
         "pskd": ({"alpha": 0.8}, {"alpha": 0.8}),
+        "kr_ls": ({"alpha": 1.0}, {"alpha": 1.0}),
         "kd": ({"alpha": 0.9, "temperature": 4.0}, {"alpha": 0.9, "temperature": 4.0}),
         "cs_kd": ({"temperature": 4.0, "lam": 1.0}, {"temperature": 4.0, "lam": 1.0}),
         "mrkd_ema": tuple({"alpha": a, "temperature": 3.0, "copies": 0, "kappa": 25.0,
