@@ -30,6 +30,7 @@ FILES = [
     "tests/test_cskd.py",
     "tests/test_pskd.py",
     "tests/test_beta_ls.py",
+    "tests/test_mrkd_average.py",
     "tests/test_krls.py",
 ]
 
