@@ -21,6 +21,7 @@ from absl import app, flags  # noqa: E402
 
 from keras_softkd import methods  # noqa: E402
 from keras_softkd.losses import TF_REG_FORMS  # noqa: E402
+from keras_softkd.precision import PRECISIONS, TEACHER_PRECISIONS  # noqa: E402
 from keras_softkd.config import (  # noqa: E402
     DATASETS,
     LR_SCHEDULES,
@@ -79,7 +80,16 @@ flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initiali
 flags.DEFINE_string("output_dir", "runs/{method}/seed{seed}",
                     "Where results, checkpoints and logs go; {method} and {seed} are filled in.")
 flags.DEFINE_enum("strategy", "auto", STRATEGIES, "tf.distribute strategy.")
-flags.DEFINE_bool("mixed_precision", False, "Train with the mixed_float16 policy.")
+flags.DEFINE_enum("precision", "float32", list(PRECISIONS),
+                  "Keras dtype policy of training: float32; mixed_float16 or mixed_bfloat16 "
+                  "(float32 weights, 16-bit compute; logits, losses and metrics in float32).")
+flags.DEFINE_enum("teacher_precision", "same", list(TEACHER_PRECISIONS),
+                  "Teachers running without gradients (MrKD's memories, KD's --teacher): in the "
+                  "student's precision (same), or through a bfloat16 copy of their layers, "
+                  "float32 logits (bfloat16).")
+flags.DEFINE_bool("mixed_precision", None,
+                  "Deprecated: --mixed_precision is --precision=mixed_float16 (and "
+                  "--nomixed_precision --precision=float32).")
 flags.DEFINE_integer("train_examples", None, "Use only the first N shuffled training examples.")
 flags.DEFINE_float("validation_fraction", 0.0,
                    "Hold out this fraction of the training set for per-epoch validation "
@@ -96,9 +106,21 @@ FLAGS = flags.FLAGS
 
 
 def config_from_flags() -> ExperimentConfig:
-    """The flags of the same names as ``ExperimentConfig``'s fields (one flag each)."""
+    """The flags of the same names as ``ExperimentConfig``'s fields (one flag each), and the
+    deprecated ``--mixed_precision`` folded into ``--precision``."""
     names = [field.name for field in dataclasses.fields(ExperimentConfig)]
-    return ExperimentConfig(**{name: FLAGS[name].value for name in names})
+    values = {name: FLAGS[name].value for name in names}
+    if FLAGS.mixed_precision is not None:
+        meant = "mixed_float16" if FLAGS.mixed_precision else "float32"
+        if FLAGS["precision"].present and FLAGS.precision != meant:
+            given = "--mixed_precision" if FLAGS.mixed_precision else "--nomixed_precision"
+            raise UsageError(
+                f"{given} (deprecated) means --precision={meant}, but --precision="
+                f"{FLAGS.precision} is given too; give --precision alone."
+            )
+        print(f"train.py: --mixed_precision is deprecated; use --precision={meant}.", file=sys.stderr)
+        values["precision"] = meant
+    return ExperimentConfig(**values)
 
 
 def main(argv):

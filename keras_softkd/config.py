@@ -16,6 +16,7 @@ from typing import Optional
 
 from keras_softkd import methods
 from keras_softkd.losses import TF_REG_FORMS
+from keras_softkd.precision import PRECISIONS, TEACHER_PRECISIONS
 
 # Thin names derived from the method table (keras_softkd.methods), kept for their readers.
 METHODS = tuple(methods.names())
@@ -76,7 +77,8 @@ class ExperimentConfig:
     ema_every: Optional[str] = None
     seed: int = 0
     strategy: str = "auto"
-    mixed_precision: bool = False
+    precision: str = "float32"
+    teacher_precision: str = "same"
     train_examples: Optional[int] = None
     validation_fraction: float = 0.0
     keep_best: bool = False
@@ -88,6 +90,14 @@ class ExperimentConfig:
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("precision", self.precision, PRECISIONS)
+        _one_of("teacher_precision", self.teacher_precision, TEACHER_PRECISIONS)
+        if self.teacher_precision != "same" and not methods.get(self.method).teachers:
+            uses = [name for name in METHODS if methods.get(name).teachers]
+            raise UsageError(
+                f"--teacher_precision does not apply to --method={self.method}, which has no "
+                f"teachers running without gradients (it is used by: {', '.join(uses)})."
+            )
         from keras_softkd import models  # the registry knows the valid names
 
         _one_of("model", self.model, tuple(models.names()))
@@ -167,7 +177,7 @@ class ExperimentConfig:
         names = (
             *METHOD_HYPERPARAMETERS, "lr",
             "lr_schedule", "weight_decay", "momentum", "batch_size", "train_examples",
-            "validation_fraction", "keep_best", "mixed_precision", "strategy",
+            "validation_fraction", "keep_best", "precision", "teacher_precision", "strategy",
         )
         return {name: getattr(self, name) for name in names}
 

@@ -40,6 +40,7 @@ from keras import ops
 
 from keras_softkd import _checks, losses
 from keras_softkd.losses import KDLoss
+from keras_softkd.precision import TeacherNetwork
 
 
 class Distiller(keras.Model):
@@ -209,6 +210,10 @@ class KDModel(Distiller):
     tempered softmax in inference mode. The teacher is frozen and can have any
     architecture with the student's number of classes.
 
+    ``teacher_precision="bfloat16"`` runs the teacher's weights through a bfloat16
+    clone of its layers (:class:`keras_softkd.precision.TeacherNetwork`; float32
+    logits); ``"same"`` (default) calls the teacher as it is.
+
     Example:
         >>> import keras, numpy as np
         >>> from keras_softkd import KDModel
@@ -226,6 +231,7 @@ class KDModel(Distiller):
         temperature: float = 4.0,
         gamma: Optional[float] = None,
         temperature_power: Optional[float] = None,
+        teacher_precision: str = "same",
         **kwargs,
     ):
         super().__init__(model, alpha, temperature, gamma, temperature_power, **kwargs)
@@ -238,12 +244,22 @@ class KDModel(Distiller):
             )
         teacher.trainable = False
         self.teacher = teacher
+        self.teacher_precision = teacher_precision
+        self._teacher_network = TeacherNetwork(teacher, teacher_precision)
 
     def teacher_logits(self, inputs):
-        return self.teacher(inputs, training=False)
+        if self.teacher_precision == "same":
+            return self.teacher(inputs, training=False)
+        return self._teacher_network.logits(
+            self.teacher.trainable_variables, self.teacher.non_trainable_variables, inputs
+        )
 
     def get_config(self):
-        return {**super().get_config(), "teacher": keras.saving.serialize_keras_object(self.teacher)}
+        return {
+            **super().get_config(),
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "teacher_precision": self.teacher_precision,
+        }
 
     @classmethod
     def from_config(cls, config):

@@ -61,7 +61,7 @@ def run(config: ExperimentConfig) -> dict:
     _refuse_finished_run(output, config.overwrite)
     strategy = _strategy(config)
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    keras.mixed_precision.set_global_policy(config.precision)
 
     (x_train, y_train), (x_eval, y_eval), (x_test, y_test) = load_data(config)
     # Created once the data is there: a run that cannot start leaves nothing behind.

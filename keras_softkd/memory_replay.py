@@ -57,6 +57,7 @@ from keras import ops
 
 from keras_softkd import _checks, past_weights
 from keras_softkd.distillation import Distiller
+from keras_softkd.precision import TeacherNetwork
 from keras_softkd.past_weights import step_counter  # noqa: F401  (kept importable from here)
 
 MRKD_DEFAULTS = {"alpha": 0.1, "temperature": 3.0, "copies": 3}
@@ -99,6 +100,9 @@ class MrKDModel(Distiller):
             Mean Teacher's 0.999 per step.
         average_interval: steps between the average's updates (1: every step;
             ``interval``: at the copies' pace).
+        teacher_precision: ``"same"`` (default: the copies and the average run in the
+            student's precision) or ``"bfloat16"`` (they run through a bfloat16 clone of the
+            student's layers, :class:`keras_softkd.precision.TeacherNetwork`; float32 logits).
 
     Example:
         >>> import keras, numpy as np
@@ -124,6 +128,7 @@ class MrKDModel(Distiller):
         initial_weights_teach: bool = False,
         average_decay: Optional[float] = None,
         average_interval: int = 1,
+        teacher_precision: str = "same",
         **kwargs,
     ):
         super().__init__(model, alpha, temperature, gamma, temperature_power, **kwargs)
@@ -152,14 +157,17 @@ class MrKDModel(Distiller):
                 "Input, or call it once on a batch, before wrapping it."
             )
         self._sources = past_weights.student_variables(model)
+        self.teacher_precision = teacher_precision
+        network = TeacherNetwork(model, teacher_precision)  # one for all memories
         self._copies = [
-            past_weights.Memory(self, model, f"memory{index}") for index in range(1, self.copies + 1)
+            past_weights.Memory(self, model, f"memory{index}", network)
+            for index in range(1, self.copies + 1)
         ]
         self.memory = [copy.variables for copy in self._copies]  # theta_1 .. theta_n
         self._updates = [past_weights.Shift(self._copies, self.interval)] if self._copies else []
         self.average = None
         if self.average_decay is not None:
-            self.average = past_weights.Memory(self, model, "average")
+            self.average = past_weights.Memory(self, model, "average", network)
             self._updates.append(
                 past_weights.Average(self.average, self.average_decay, self.average_interval)
             )
@@ -246,4 +254,5 @@ class MrKDModel(Distiller):
             "initial_weights_teach": self.initial_weights_teach,
             "average_decay": self.average_decay,
             "average_interval": self.average_interval,
+            "teacher_precision": self.teacher_precision,
         }

@@ -27,6 +27,10 @@ An entry (:class:`Method`) holds:
   (``keras_softkd.data.TRAINING_INPUTS``): ``"labels"`` (the default),
   ``"indices"`` (each example's index in the training set, for a
   per-example table) or ``"pairs"`` (a same-class partner per example).
+* ``teachers``: whether it has teachers that run without gradients in
+  inference mode (MrKD's memories, KD's fixed network): ``--teacher_precision``
+  applies to them (``keras_softkd.precision``). A run-time choice, not a
+  hyper-parameter of the method, so not among ``parameters``.
 
 Spellings of one method:
 
@@ -175,6 +179,7 @@ class Method:
     column: str = ""
     ablations: tuple[str, ...] = ()
     inputs: str = "labels"
+    teachers: bool = False
 
     def defaults(self, dataset: str, epochs: int) -> dict:
         """The method's defaults for ``dataset`` and a run of ``epochs`` (required ones left out).
@@ -247,7 +252,8 @@ def _memory_replay(config: "ExperimentConfig", student: keras.Model, setup: Setu
     trainer = MrKDModel(
         student, copies=config.copies, interval=interval,
         alpha=config.alpha, temperature=config.temperature, gamma=config.gamma,
-        initial_weights_teach=config.initial_weights_teach, **average,
+        initial_weights_teach=config.initial_weights_teach,
+        teacher_precision=config.teacher_precision, **average,
     )
     return trainer, {}
 
@@ -262,7 +268,11 @@ def _distillation(config: "ExperimentConfig", student: keras.Model, setup: Setup
     from keras_softkd.experiment import load_teacher  # experiment imports this module
 
     teacher = load_teacher(config.teacher, setup.num_classes)
-    return KDModel(student, teacher=teacher, alpha=config.alpha, temperature=config.temperature), {}
+    trainer = KDModel(
+        student, teacher=teacher, alpha=config.alpha, temperature=config.temperature,
+        teacher_precision=config.teacher_precision,
+    )
+    return trainer, {}
 
 
 def _class_wise(config: "ExperimentConfig", student: keras.Model, setup: Setup):
@@ -315,12 +325,14 @@ _TABLE: dict[str, Method] = {
             {"alpha": _MRKD_ALPHA, "temperature": 3.0, "copies": 3, "kappa": _KAPPA,
              "initial_weights_teach": False},
             _memory_replay, column="mrkd{copies}", ablations=("initial_weights_teach",),
+            teachers=True,
         ),
         Method(
             "mrkd_tc", "MrKD-{copies}-TC", "mrkd with Teacher Correction of every copy (W 16, 17)",
             {"alpha": _MRKD_ALPHA, "temperature": 3.0, "gamma": 0.25, "copies": 3, "kappa": _KAPPA,
              "initial_weights_teach": False},
             _memory_replay, column="mrkd{copies}_tc", ablations=("initial_weights_teach",),
+            teachers=True,
         ),
         Method(
             "mrkd_ema", "MrKD-{copies}-EMA",
@@ -331,12 +343,14 @@ _TABLE: dict[str, Method] = {
             {"alpha": _MRKD_ALPHA, "temperature": 3.0, "copies": 0, "kappa": _KAPPA,
              "ema_horizon": _KAPPA, "ema_every": "step", "initial_weights_teach": False},
             _memory_replay, column="mrkd{copies}_ema", ablations=("initial_weights_teach",),
+            teachers=True,
         ),
         Method(
             "mrkd_ema_tc", "MrKD-{copies}-EMA-TC", "mrkd_ema with Teacher Correction of every teacher",
             {"alpha": _MRKD_ALPHA, "temperature": 3.0, "gamma": 0.25, "copies": 0, "kappa": _KAPPA,
              "ema_horizon": _KAPPA, "ema_every": "step", "initial_weights_teach": False},
             _memory_replay, column="mrkd{copies}_ema_tc", ablations=("initial_weights_teach",),
+            teachers=True,
         ),
         Method(
             "pseudo_kd", "Pseudo-KD",
@@ -392,7 +406,7 @@ _TABLE: dict[str, Method] = {
             "kd", "KD", "KD from a fixed pre-trained --teacher (Hinton et al.; W 4)",
             {"alpha": 0.9, "temperature": 4.0,
              "teacher": Required("a .keras file of a trained model")},
-            _distillation,
+            _distillation, teachers=True,
         ),
     )
 }

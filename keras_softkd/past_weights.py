@@ -8,7 +8,9 @@ weights. It is part of the wrapper's weights, so checkpoints,
 ``model.stateless_call``: the student's own layers run with the memory's
 weights, without gradients, in inference mode (BatchNorm normalises with the
 memory's moving statistics) or, where a method's reference does so, in
-training mode (BatchNorm normalises with the batch's statistics).
+training mode (BatchNorm normalises with the batch's statistics). With a
+bfloat16 :class:`keras_softkd.precision.TeacherNetwork` the same weights run
+through a bfloat16 clone of the student's layers (``--teacher_precision``).
 
 Memories change only through **updates** at the start of a training step
 ``t`` (1-based; ``step`` is the wrapper's counter of steps done, ``t = step +
@@ -52,6 +54,7 @@ import keras
 from keras import ops
 
 from keras_softkd import _checks
+from keras_softkd.precision import TeacherNetwork
 from keras_softkd._replicas import run_once_across_replicas
 
 
@@ -90,6 +93,9 @@ class Memory:
         owner: the wrapping model (the variables are its weights).
         student: the built student.
         name: the variables are ``{name}_{position}``.
+        network: the :class:`~keras_softkd.precision.TeacherNetwork` the memory's weights run
+            through (default: the student's own layers, in the student's precision); memories
+            of one wrapper share one.
 
     Example:
         >>> import keras
@@ -100,8 +106,12 @@ class Memory:
         ['average_0', 'average_1']
     """
 
-    def __init__(self, owner: keras.Model, student: keras.Model, name: str):
+    def __init__(
+        self, owner: keras.Model, student: keras.Model, name: str,
+        network: Optional[TeacherNetwork] = None,
+    ):
         self.student = student
+        self.network = network if network is not None else TeacherNetwork(student)
         self.sources = student_variables(student)
         self.num_trainable = len(student.trainable_variables)
         self.variables = [self._copy_of(owner, v, f"{name}_{i}") for i, v in enumerate(self.sources)]
@@ -126,13 +136,12 @@ class Memory:
 
         ``training=True`` runs BatchNorm on the batch's statistics (its updated moving
         statistics are discarded)."""
-        logits, _ = self.student.stateless_call(
+        return self.network.logits(
             self.variables[: self.num_trainable],
             self.variables[self.num_trainable :],
             inputs,
             training=training,
         )
-        return ops.cast(logits, "float32")
 
 
 class Update:

@@ -210,8 +210,19 @@ def _load_results(file: pathlib.Path) -> Optional[dict]:
             f"{file}: malformed {RESULTS_FILE}, `hyperparameters` must be an object; got "
             f"{hyperparameters!r}."
         )
+    _upgrade_precision(run["hyperparameters"])
     run["run_dir"] = str(file.parent)
     return run
+
+
+def _upgrade_precision(hyperparameters: dict) -> None:
+    """A results.json written before ``--precision``: its ``mixed_precision`` (a boolean)
+    read as ``precision``, and ``teacher_precision`` the only value there was (``same``), so
+    its seeds share a cell with the same setting's newer runs."""
+    if "mixed_precision" in hyperparameters:
+        mixed = hyperparameters.pop("mixed_precision")
+        hyperparameters.setdefault("precision", "mixed_float16" if mixed else "float32")
+        hyperparameters.setdefault("teacher_precision", "same")
 
 
 def read_history(run_dir: PathLike) -> dict[str, np.ndarray]:

@@ -269,7 +269,7 @@ def test_evaluate_and_predict_use_the_student_alone():
 
 
 def test_mixed_precision_fit():
-    """mixed_float16 (train.py --mixed_precision): float16 logits, a float32 table of
+    """mixed_float16 (train.py --precision=mixed_float16): float16 logits, a float32 table of
     probability rows, a finite loss."""
     x, y = make_data()
     keras.mixed_precision.set_global_policy("mixed_float16")
