@@ -57,6 +57,8 @@ def run_train(*args, timeout=600, umask=None):
         ({"method": "lsr", "initial_weights_teach": True}, "--initial_weights_teach"),
         ({"method": "mrkd", "initial_weights_teach": "yes"}, "--initial_weights_teach"),
         ({"keep_best": True}, "--validation_fraction"),
+        ({"precision": "bfloat16"}, "--precision"),
+        ({"method": "lsr", "teacher_precision": "bfloat16"}, "--teacher_precision"),
     ],
 )
 def test_bad_configuration_names_the_flag(overrides, flag):
@@ -255,6 +257,23 @@ def test_run_files_are_readable_as_a_plain_write_makes_them(tiny_run):
     assert set(modes.values()) == {"0o644"}, modes  # umask 0022: rw-r--r--, as open(..., "w")
 
 
+def test_precision_flags_in_a_dry_run_and_the_deprecated_mixed_precision():
+    def resolved(*args):
+        result = run_train("--dry_run", *args)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout), result.stderr
+
+    config, _ = resolved("--method=mrkd", "--precision=mixed_bfloat16", "--teacher_precision=bfloat16")
+    assert config["precision"] == "mixed_bfloat16" and config["teacher_precision"] == "bfloat16"
+    assert "mixed_precision" not in config
+    config, stderr = resolved("--mixed_precision")
+    assert config["precision"] == "mixed_float16" and "deprecated" in stderr
+    result = run_train("--dry_run", "--mixed_precision", "--precision=mixed_bfloat16")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: error")]
+    assert len(error_lines) == 1 and "--precision" in error_lines[0], result.stderr[-2000:]
+
+
 def test_help_exits_zero_without_tensorflow_lines():
     result = run_train("--help")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -294,6 +313,8 @@ def test_outputs_of_a_run(tiny_run):
         assert 0.0 <= results[key] <= (1.0 if key != "test_nll" else 100.0)
     assert results["method"] == "mrkd" and results["epochs"] == 3 and results["completed"]
     assert results["hyperparameters"]["copies"] == 2 and results["hyperparameters"]["kappa"] == 1
+    assert results["hyperparameters"]["precision"] == "float32"
+    assert results["hyperparameters"]["teacher_precision"] == "same"
     assert results["images_per_second"] > 0 and results["versions"]["keras"]
     history = (out / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch") and len(history) == 4

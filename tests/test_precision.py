@@ -1,0 +1,298 @@
+"""--precision and --teacher_precision: every method under every policy, exact MrKD refreshes
+under bfloat16, and bfloat16 teachers within a stated tolerance of float32's.
+
+Runs on TensorFlow, JAX and PyTorch (tests/test_backends.py's FILES). Every test leaves the
+global dtype policy at float32.
+
+**The tolerance of a bfloat16 teacher** (:data:`LOGIT_SPREAD`, :data:`PROBABILITY`,
+:data:`KL`, :data:`ARGMAX`). bfloat16 keeps 8 significant bits: each rounding has a
+relative error up to ``u = 2**-8 ~ 0.004``. A layer of the teacher rounds its input, its
+weights and its output (about 3 roundings; the convolutions accumulate in float32 and
+BatchNorm computes in float32), and ResNet-20 has 20 such layers: random-sign errors add in
+quadrature to ``sqrt(3 * 20) u ~ 8 u ~ 0.03`` of a logit's scale for a typical logit, and the
+largest of the 1,280 logits compared here (128 images x 10 classes) lies a few such
+deviations out: about ``0.1``. So the logits' largest error is bounded by
+``LOGIT_SPREAD = 0.2`` times the float32 logits' standard deviation (measured on this CPU:
+0.04-0.08 on all three backends). What the distillation loss sees is the tempered
+distribution: ``|dp_i| <= max|dz| / (2T)`` (softmax's Jacobian), and at MrKD's temperature
+``T = 3`` with logits spread like a trained ResNet-20's (std ~5, max ~20-50: the classifier
+scaled x10 below) the measured largest ``|dp|`` is 0.012-0.016 and the mean
+``KL(p_f32 || p_bf16)`` 3e-5-1.1e-4 nats. Bounds: ``PROBABILITY = 0.03``, ``KL = 5e-4``
+nats (under 1% of a KD term's typical 0.05-0.5 nats), and the top-1 class agrees on
+``ARGMAX = 95%`` of the images (it flips only at near-ties; measured 97-100%).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import DATA_ENV, write_tiny_cifar
+from keras_softkd import experiment, methods, models
+from keras_softkd.config import ExperimentConfig, UsageError
+from keras_softkd.distillation import KDModel
+from keras_softkd.memory_replay import MrKDModel
+from keras_softkd.precision import PRECISIONS, TeacherNetwork
+
+NUM_CLASSES = 10
+LOGIT_SPREAD = 0.2  # max |z_bf16 - z_f32| / std(z_f32)
+PROBABILITY = 0.03  # max |p_bf16 - p_f32| at T = 3
+KL = 5e-4  # mean KL(p_f32 || p_bf16) at T = 3, nats
+ARGMAX = 0.95  # fraction of images whose top-1 class agrees
+TEMPERATURE = 3.0
+
+
+@pytest.fixture(autouse=True)
+def float32_afterwards():
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def tiny_network(seed: int, size: int = 8) -> keras.Model:
+    """Conv + BatchNorm + classifier, built under the global policy (16-bit logits under a
+    mixed one: the losses must cast them)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(x))
+
+
+def batch(name: str, rng: np.random.Generator):
+    """A batch of 8 as train.py's input gives it to ``name``."""
+    x = rng.normal(size=(8, 8, 8, 3)).astype("float32")
+    y = np.arange(8) % NUM_CLASSES
+    if methods.get(name).inputs == "pairs":
+        x = {"images": x, "partners": rng.normal(size=x.shape).astype("float32")}
+    if methods.get(name).inputs == "indices":
+        y = {"labels": y, "index": np.arange(8, dtype="int32")}
+    return x, y
+
+
+def numpy(value) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(value, "float32")))
+
+
+def all_finite(variables) -> list[str]:
+    """The paths of the floating-point variables holding a non-finite value."""
+    return [v.path for v in variables if "float" in str(v.dtype) and not np.isfinite(numpy(v)).all()]
+
+
+# -- every method, every precision ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", PRECISIONS)
+@pytest.mark.parametrize("name", methods.names())
+def test_every_method_trains_a_step_under_each_precision(name, policy, tmp_path):
+    """As train.py builds it (experiment.build_trainer): one step gives a finite loss and
+    finite metrics (PS-KD's teacher diagnostics are NaN in its first epoch, by design); every variable of the trainer (student, memories, PS-KD's table, KR-LS's
+    matrix, optimizer, metrics) stays finite, and the student's weights stay float32."""
+    keras.mixed_precision.set_global_policy(policy)
+    fields = {"method": name, "epochs": 8, "precision": policy}  # kappa = 1 step: copies teach
+    if "teacher" in methods.get(name).required():
+        tiny_network(seed=1).save(tmp_path / "teacher.keras")
+        fields["teacher"] = str(tmp_path / "teacher.keras")
+    resolved = ExperimentConfig(**fields).resolved()
+    student = tiny_network(seed=0)
+    trainer = experiment.build_trainer(resolved, NUM_CLASSES, steps_per_epoch=1, student=student,
+                                       num_examples=8)
+    x, y = batch(name, np.random.default_rng(0))
+    history = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for metric, values in history.history.items():
+        if name == "pskd" and metric.startswith("teacher_"):  # no teacher in epoch 1: NaN
+            continue
+        assert np.isfinite(values).all(), (metric, values)
+    assert history.history["loss"][-1] > 0
+    assert not all_finite(trainer.variables), all_finite(trainer.variables)
+    if trainer.optimizer is not None:
+        assert not all_finite(trainer.optimizer.variables)
+    assert all(str(v.dtype) == "float32" for v in student.trainable_variables)
+
+
+def test_pskd_table_stays_float32_and_finite_under_bfloat16():
+    """PS-KD keeps last epoch's predictions per example: float32 (not the bfloat16 of the
+    softmax it stores), finite after two epochs."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    resolved = ExperimentConfig(method="pskd", epochs=2, precision="mixed_bfloat16").resolved()
+    trainer = experiment.build_trainer(resolved, NUM_CLASSES, steps_per_epoch=1,
+                                       student=tiny_network(seed=0), num_examples=8)
+    x, y = batch("pskd", np.random.default_rng(1))
+    trainer.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    tables = [v for v in trainer.non_trainable_variables if tuple(v.shape) == (8, NUM_CLASSES)]
+    assert tables, [(v.path, v.shape) for v in trainer.non_trainable_variables]
+    for table in tables:
+        assert str(table.dtype) == "float32"
+        values = numpy(table)
+        assert np.isfinite(values).all() and np.abs(values).sum() > 0
+
+
+@pytest.mark.parametrize("teacher_precision", ["same", "bfloat16"])
+def test_mrkd_copies_refresh_exactly_under_mixed_bfloat16(teacher_precision):
+    """Copies are float32 variables; a refresh copies the student's float32 values bit for
+    bit (no trip through bfloat16), with bfloat16 compute and with bfloat16 teachers."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    student = tiny_network(seed=0)
+    mrkd = MrKDModel(student, copies=2, interval=1, alpha=0.5, temperature=3.0,
+                     teacher_precision=teacher_precision)
+    mrkd.compile(optimizer=keras.optimizers.SGD(0.1))
+    sources = list(student.trainable_variables) + list(student.non_trainable_variables)
+    x, y = batch("mrkd", np.random.default_rng(2))
+    snapshots = [[numpy(v) for v in sources]]
+    for _ in range(2):  # interval 1: every step refreshes, before its forward pass
+        mrkd.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        snapshots.append([numpy(v) for v in sources])
+    assert not all(np.array_equal(a, b) for a, b in zip(snapshots[0], snapshots[2]))
+    theta_1, theta_2 = mrkd.memory
+    for copy, expected in ((theta_1, snapshots[1]), (theta_2, snapshots[0])):
+        for variable, value in zip(copy, expected):
+            assert str(variable.dtype) == "float32"
+            np.testing.assert_array_equal(numpy(variable), value)
+
+
+# -- bfloat16 teachers ----------------------------------------------------------------------
+
+
+def images(count: int) -> np.ndarray:
+    """Real CIFAR-10 test images (``KERAS_SOFTKD_DATA_DIR``) normalised as the pipeline does,
+    else random ones."""
+    folder = os.environ.get(DATA_ENV)
+    path = pathlib.Path(folder or ".") / "cifar10_test.npz"
+    if folder and path.exists():
+        with np.load(path) as arrays:
+            x = arrays["x"][:count].astype("float32") / 255.0
+        return ((x - [0.4914, 0.4822, 0.4465]) / [0.2470, 0.2435, 0.2616]).astype("float32")
+    return np.random.default_rng(0).normal(size=(count, 32, 32, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    """ResNet-20 with BatchNorm statistics of the images (as after training) and the classifier
+    scaled x10, so that its logits spread as a trained network's (std ~5)."""
+    keras.mixed_precision.set_global_policy("float32")
+    network = models.build("resnet20", NUM_CLASSES)
+    x = images(128)
+    norms = [layer for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:  # one pass sets the moving statistics to the batch's
+        layer.momentum = 0.0
+    _, statistics = network.stateless_call(
+        network.trainable_variables, network.non_trainable_variables, x, training=True
+    )
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+    for variable, value in zip(network.non_trainable_variables, statistics):
+        variable.assign(value)
+    kernel = network.get_layer("fc").kernel
+    kernel.assign(kernel * 10.0)
+    return network, x
+
+
+def assert_within_tolerance(float32_logits, bfloat16_logits):
+    reference, low = numpy(float32_logits), numpy(bfloat16_logits)
+    assert reference.shape == low.shape and np.isfinite(low).all()
+    assert np.abs(low - reference).max() <= LOGIT_SPREAD * reference.std()
+    p = numpy(keras.ops.softmax(reference / TEMPERATURE, axis=-1)).astype("float64")
+    q = numpy(keras.ops.softmax(low / TEMPERATURE, axis=-1)).astype("float64")
+    assert np.abs(p - q).max() <= PROBABILITY
+    kl = np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(q, 1e-30))), axis=-1)
+    assert kl.mean() <= KL, kl.mean()
+    assert np.mean(reference.argmax(-1) == low.argmax(-1)) >= ARGMAX
+
+
+def test_bfloat16_memories_are_within_the_tolerance_of_float32(resnet20):
+    network, x = resnet20
+    same = MrKDModel(network, copies=1, interval=1)
+    low = MrKDModel(network, copies=1, interval=1, teacher_precision="bfloat16")
+    reference = same.copy_logits(x)[0]
+    teacher = low.copy_logits(x)[0]
+    assert keras.backend.standardize_dtype(teacher.dtype) == "float32"
+    assert_within_tolerance(reference, teacher)
+    assert not np.array_equal(numpy(reference), numpy(teacher))  # bfloat16 did run
+
+
+def test_a_bfloat16_kd_teacher_is_within_the_tolerance_of_float32(resnet20):
+    network, x = resnet20
+    trainable = network.trainable
+    try:
+        student = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                                    keras.layers.Dense(NUM_CLASSES)])
+        same = KDModel(student, teacher=network)
+        low = KDModel(student, teacher=network, teacher_precision="bfloat16")
+        assert_within_tolerance(same.teacher_logits(x), low.teacher_logits(x))
+    finally:
+        network.trainable = trainable
+
+
+def test_bfloat16_teachers_leave_the_weights_and_the_config_as_they_were(tmp_path):
+    """The bfloat16 clone is not tracked: the wrapper's weights (checkpoints) are those of
+    teacher_precision='same'; the setting is in the config."""
+    student = tiny_network(seed=0)
+    same = MrKDModel(student, copies=2, interval=1)
+    low = MrKDModel(student, copies=2, interval=1, teacher_precision="bfloat16")
+    assert [tuple(v.shape) for v in low.weights] == [tuple(v.shape) for v in same.weights]
+    assert low.get_config()["teacher_precision"] == "bfloat16"
+    again = MrKDModel.from_config(low.get_config())
+    assert again.teacher_precision == "bfloat16"
+    with pytest.raises(ValueError, match="teacher_precision"):
+        MrKDModel(student, copies=1, interval=1, teacher_precision="float16")
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def test_a_run_records_its_precisions(tmp_path, monkeypatch):
+    def network(name, num_classes, synchronized_batchnorm=False):
+        return tiny_network(seed=0, size=32)
+
+    monkeypatch.setattr(experiment.models, "build", network)
+    data_dir = write_tiny_cifar(tmp_path / "data", train=16, test=8)
+    results = experiment.run(ExperimentConfig(
+        method="mrkd", copies=1, kappa=1.0, epochs=1, batch_size=8, data_dir=str(data_dir),
+        output_dir=str(tmp_path / "run"), precision="mixed_bfloat16", teacher_precision="bfloat16",
+    ))
+    written = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert written["hyperparameters"]["precision"] == "mixed_bfloat16"
+    assert written["hyperparameters"]["teacher_precision"] == "bfloat16"
+    assert "mixed_precision" not in written["hyperparameters"]
+    assert np.isfinite(results["test_nll"])
+
+
+@pytest.mark.parametrize(
+    "fields,flag",
+    [
+        ({"precision": "bfloat16"}, "--precision"),
+        ({"precision": "float16"}, "--precision"),
+        ({"method": "ce", "teacher_precision": "bfloat16"}, "--teacher_precision"),
+        ({"method": "pskd", "teacher_precision": "bfloat16"}, "--teacher_precision"),
+        ({"method": "mrkd", "teacher_precision": "float16"}, "--teacher_precision"),
+    ],
+)
+def test_bad_precisions_name_the_flag(fields, flag):
+    with pytest.raises(UsageError, match=flag.replace("-", r"\-")):
+        ExperimentConfig(**fields).resolved()
+
+
+def test_teacher_precision_applies_to_the_methods_with_gradient_free_teachers():
+    with_teachers = [name for name in methods.names() if methods.get(name).teachers]
+    assert with_teachers == ["mrkd", "mrkd_tc", "mrkd_ema", "mrkd_ema_tc", "kd"]
+    for name in with_teachers:
+        fields = {"teacher": "t.keras"} if name == "kd" else {}
+        resolved = ExperimentConfig(method=name, teacher_precision="bfloat16", **fields).resolved()
+        assert resolved.hyperparameters()["teacher_precision"] == "bfloat16"
+
+
+def test_teacher_network_same_is_the_network_itself():
+    network = tiny_network(seed=0)
+    assert TeacherNetwork(network).network is network
+    clone = TeacherNetwork(network, "bfloat16").network
+    assert clone is not network
+    assert {layer.dtype_policy.name for layer in clone.layers[1:]} == {"mixed_bfloat16"}
