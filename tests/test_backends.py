@@ -32,6 +32,7 @@ FILES = [
     "tests/test_beta_ls.py",
     "tests/test_mrkd_average.py",
     "tests/test_krls.py",
+    "tests/test_precision.py",
 ]
 
 

@@ -296,3 +296,29 @@ def test_teacher_network_same_is_the_network_itself():
     clone = TeacherNetwork(network, "bfloat16").network
     assert clone is not network
     assert {layer.dtype_policy.name for layer in clone.layers[1:]} == {"mixed_bfloat16"}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_networks_batchnorm_under_mixed_bfloat16_computes_as_keras(training):
+    """The networks' BatchNormalization (TensorFlow's fused kernel on TensorFlow) under
+    mixed_bfloat16: bfloat16 output, float32 moving statistics, Keras's values (to the
+    output's bfloat16 rounding, 2**-8 relative) and Keras's moving-statistics update."""
+    from keras_softkd.models._layers import BatchNormalization
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    x = (np.random.default_rng(3).normal(size=(16, 4, 4, 8)) * 3 + 1).astype("float32")
+    ours = BatchNormalization(momentum=0.9, epsilon=1e-5)
+    theirs = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 1.5, 8))
+        layer.beta.assign(np.linspace(-1, 1, 8))
+        layer.moving_mean.assign(np.linspace(-0.5, 0.5, 8))
+        layer.moving_variance.assign(np.linspace(1, 4, 8))
+    y_ours, y_theirs = ours(x, training=training), theirs(x, training=training)
+    assert keras.backend.standardize_dtype(y_ours.dtype) == "bfloat16"
+    np.testing.assert_allclose(numpy(y_ours), numpy(y_theirs), rtol=2**-7, atol=2**-7)
+    for mine, keras_own in ((ours.moving_mean, theirs.moving_mean),
+                            (ours.moving_variance, theirs.moving_variance)):
+        assert str(mine.dtype) == "float32"
+        np.testing.assert_allclose(numpy(mine), numpy(keras_own), rtol=1e-3, atol=1e-4)

@@ -401,3 +401,20 @@ def test_p_table2_rows_are_methods_with_accuracy_and_time(tmp_path, capsys):
     assert rows["TF-reg"][3] == "2.0 h" and rows["KD-shufflenetv2"][1] == "10 min"
     assert report.main([str(tmp_path), "--layout", "p_table2"]) == 0
     assert capsys.readouterr().out == text + "\n"
+
+
+def test_results_written_before_precision_share_a_cell_with_newer_runs(tmp_path):
+    """An old results.json's ``mixed_precision`` (a boolean) reads as ``precision``: a float32
+    run of then and one of now are one setting; a mixed_float16 run of then is another."""
+    old = {key: value for key, value in HYPERPARAMETERS.items()
+           if key not in ("precision", "teacher_precision")}
+    make_run(tmp_path, "old", "ce", 0, hyperparameters={**old, "mixed_precision": False})
+    make_run(tmp_path, "new", "ce", 1, hyperparameters={**old, "precision": "float32",
+                                                        "teacher_precision": "same"})
+    runs = report.collect([tmp_path])
+    assert {run["hyperparameters"]["precision"] for run in runs} == {"float32"}
+    assert all("mixed_precision" not in run["hyperparameters"] for run in runs)
+    assert parse_table(report.table(runs))[1][0][2].endswith("(2)")
+    make_run(tmp_path, "old16", "ce", 2, hyperparameters={**old, "mixed_precision": True})
+    with pytest.raises(ValueError, match="precision='float32' vs 'mixed_float16'"):
+        report.table(report.collect([tmp_path]))
