@@ -110,13 +110,14 @@ def config_from_flags() -> ExperimentConfig:
     deprecated ``--mixed_precision`` folded into ``--precision``."""
     names = [field.name for field in dataclasses.fields(ExperimentConfig)]
     values = {name: FLAGS[name].value for name in names}
-    if FLAGS.mixed_precision is not None:
-        meant = "mixed_float16" if FLAGS.mixed_precision else "float32"
-        if FLAGS["precision"].present and FLAGS.precision != meant:
-            given = "--mixed_precision" if FLAGS.mixed_precision else "--nomixed_precision"
+    mixed = FLAGS["mixed_precision"].value
+    if mixed is not None:
+        meant = "mixed_float16" if mixed else "float32"
+        if FLAGS["precision"].present and values["precision"] != meant:
+            given = "--mixed_precision" if mixed else "--nomixed_precision"
             raise UsageError(
                 f"{given} (deprecated) means --precision={meant}, but --precision="
-                f"{FLAGS.precision} is given too; give --precision alone."
+                f"{values['precision']} is given too; give --precision alone."
             )
         print(f"train.py: --mixed_precision is deprecated; use --precision={meant}.", file=sys.stderr)
         values["precision"] = meant
