@@ -21,6 +21,9 @@ What is timed, per step (batch 128 of 32x32x3 synthetic images held in memory,
   the compiled ``fit`` step (a ``tf.function``), timed between
   ``on_train_batch_end`` calls.
 * ``keras_xla`` -- the same compiled with ``jit_compile=True``.
+* ``keras_bf16`` -- ``keras`` built under the ``mixed_bfloat16`` policy
+  (``train.py --precision=mixed_bfloat16``: float32 weights, bfloat16 compute,
+  float32 logits and loss).
 * ``keras_fused_bn`` (diagnostic, only when named in ``--variants``) -- ``keras``
   with every ``BatchNormalization`` computed by TensorFlow's fused kernel
   (:class:`FusedBatchNormalization` below: Keras's semantics, one
@@ -28,9 +31,26 @@ What is timed, per step (batch 128 of 32x32x3 synthetic images held in memory,
   (moments, then normalise), forward and backward; this variant measures what
   that costs.
 
-The four are interleaved over ``--repeats`` repeats (``benchmarks/_timing.py``):
+They are interleaved over ``--repeats`` repeats (``benchmarks/_timing.py``):
 median step time, images/s, and our images/s as a ratio to each PyTorch
 variant's (> 1: ours is faster).
+
+**The real protocol** (``--real_data_dir=DIR``: ``cifar10_train.npz`` there):
+whole epochs of the real CIFAR-10 training set instead of synthetic steps,
+``--epochs`` of them per variant, interleaved epoch by epoch (repeat ``r`` is
+every variant's ``r``-th epoch). Ours is exactly ``train.py --method=ce``'s
+training: ``keras_softkd.data.training_input`` (tf.data, seeded shuffle,
+pad-4 random crop and flip, normalisation) feeding the trainer of
+``experiment.build_trainer`` (``PyTorchSGD``, the cosine schedule, the
+accuracy metric), one ``fit`` epoch per repeat; ``keras_bf16`` the same under
+``--precision=mixed_bfloat16``. PyTorch's is a hand-written loop over the same
+arrays: a seeded permutation per epoch, the same augmentation in NumPy in the
+loop's thread (pad 4, random crop, flip), normalisation, ``torch.optim.SGD``,
+cross-entropy. A variant's figure is its training images/s over the epochs
+after its first (tracing, warm-up), the median; evaluation is not timed (as
+``results.json``'s ``images_per_second``). ``--train_examples`` takes the
+first N images (a quick check of the script, not a figure). XLA and the
+fused-BatchNorm diagnostic are not offered in this mode.
 
 ``--breakdown`` adds, for each framework and layout, the median time of a
 training-mode forward pass alone, of forward + backward (gradients, no
@@ -65,7 +85,9 @@ import _timing  # noqa: E402
 
 NUM_CLASSES = 10
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
-VARIANTS = ("torch_nchw", "torch_channels_last", "keras", "keras_xla")
+VARIANTS = ("torch_nchw", "torch_channels_last", "keras", "keras_xla", "keras_bf16")
+EPOCH_VARIANTS = ("torch_nchw", "torch_channels_last", "keras", "keras_bf16")
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 DIAGNOSTIC_VARIANTS = ("keras_fused_bn",)
 
 
@@ -85,15 +107,29 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tf.config.threading.set_inter_op_parallelism_threads (default: TF's)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time forward, forward+backward and a bare-loop step per framework")
+    parser.add_argument("--real_data_dir", default=None,
+                        help="time whole epochs of real CIFAR-10 training (cifar10_train.npz in "
+                             "this folder, augmented) instead of synthetic steps")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="with --real_data_dir: epochs per variant, interleaved (the first "
+                             "is left out of the figure when there are more)")
+    parser.add_argument("--train_examples", type=int, default=None,
+                        help="with --real_data_dir: only the first N training images (a check)")
     parser.add_argument("--output", default="benchmarks/results/pytorch_comparison.json")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the tables as Markdown (for benchmarks/README.md)")
     args = parser.parse_args(argv)
     args.variant_list = [name for name in args.variants.split(",") if name]
-    unknown = set(args.variant_list) - set(VARIANTS + DIAGNOSTIC_VARIANTS)
+    if args.real_data_dir and args.variants == ",".join(VARIANTS):
+        args.variant_list = list(EPOCH_VARIANTS)
+    valid = EPOCH_VARIANTS if args.real_data_dir else VARIANTS + DIAGNOSTIC_VARIANTS
+    unknown = set(args.variant_list) - set(valid)
     if unknown:
-        parser.error(f"--variants must be from {list(VARIANTS + DIAGNOSTIC_VARIANTS)}; "
-                     f"got unknown {sorted(unknown)}")
+        parser.error(f"--variants must be from {list(valid)}; got unknown {sorted(unknown)}")
+    if args.real_data_dir and args.breakdown:
+        parser.error("--breakdown times synthetic steps; leave it out with --real_data_dir")
+    if min(args.epochs, args.train_examples or 1) < 1:
+        parser.error("--epochs and --train_examples must be >= 1")
     if min(args.steps, args.warmup, args.repeats, args.batch_size) < 1:
         parser.error("--steps, --warmup, --repeats and --batch_size must be >= 1")
     return args
@@ -261,7 +297,17 @@ def fused_batch_normalization_class():
     return FusedBatchNormalization
 
 
-def keras_resnet20(jit_compile: bool, fused_batchnorm: bool = False):
+def keras_resnet20(jit_compile: bool, fused_batchnorm: bool = False, precision: str = "float32"):
+    import keras
+
+    keras.mixed_precision.set_global_policy(precision)  # the layers keep the policy they are built in
+    try:
+        return _keras_resnet20(jit_compile, fused_batchnorm)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _keras_resnet20(jit_compile: bool, fused_batchnorm: bool):
     import keras
 
     from keras_softkd import models
@@ -377,7 +423,8 @@ def step_runners(args, x, y, cpu: dict) -> dict:
                 t.step, args.steps, args.warmup, t.sync, cpu_times=c))
         else:
             model = keras_resnet20(jit_compile=name == "keras_xla",
-                                   fused_batchnorm=name == "keras_fused_bn")
+                                   fused_batchnorm=name == "keras_fused_bn",
+                                   precision="mixed_bfloat16" if name == "keras_bf16" else "float32")
             data = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch_size).cache().repeat()
             runners[name] = (lambda m=model, d=data, c=cpu[name]: _timing.time_steps(
                 m, d, args.steps, args.warmup, cpu_times=c))
@@ -402,6 +449,184 @@ def breakdown_runners(args, x, y) -> dict:
                 lambda t=trainer, part=part: _timing.time_loop(getattr(t, part), args.steps,
                                                                args.warmup, t.sync))
     return runners
+
+
+# --------------------------------------------------------------------------
+# The real protocol: whole epochs of CIFAR-10
+# --------------------------------------------------------------------------
+
+
+class TorchEpochs:
+    """The hand-written PyTorch loop over a whole augmented epoch of real images."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, channels_last: bool):
+        import torch
+
+        torch.manual_seed(0)
+        self.torch = torch
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = torch_resnet20().to(memory_format=self.memory_format).train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE,
+                                         momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        self.loss = torch.nn.CrossEntropyLoss()
+        self.x, self.y, self.batch_size = x, y.astype(np.int64), batch_size
+        self.rng = np.random.default_rng(0)
+        self.mean = np.asarray(CIFAR10_MEAN, np.float32) * 255.0
+        self.std = np.asarray(CIFAR10_STD, np.float32) * 255.0
+
+    def augment(self, images: np.ndarray) -> np.ndarray:
+        """Pad 4 (zeros), a random 32x32 crop, a random horizontal flip, normalised; NHWC float32."""
+        n = len(images)
+        padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+        rows, cols = self.rng.integers(0, 9, n), self.rng.integers(0, 9, n)
+        flips = self.rng.random(n) < 0.5
+        out = np.empty((n, 32, 32, 3), np.float32)
+        for i in range(n):
+            crop = padded[i, rows[i] : rows[i] + 32, cols[i] : cols[i] + 32]
+            out[i] = crop[:, ::-1] if flips[i] else crop
+        return (out - self.mean) / self.std
+
+    def epoch(self) -> int:
+        """One epoch (the last batch may be short); returns the images trained on."""
+        torch = self.torch
+        order = self.rng.permutation(len(self.x))
+        loss = None
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = torch.from_numpy(self.augment(self.x[index])).permute(0, 3, 1, 2)
+            images = images.contiguous(memory_format=self.memory_format)
+            labels = torch.from_numpy(self.y[index])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss(self.model(images), labels)
+            loss.backward()
+            self.optimizer.step()
+        float(loss.detach())
+        return len(order)
+
+
+class KerasEpochs:
+    """``train.py --method=ce``'s training input and trainer, one ``fit`` epoch per call."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, precision: str):
+        import keras
+
+        from keras_softkd import data, experiment
+        from keras_softkd.config import ExperimentConfig
+
+        config = ExperimentConfig(method="ce", epochs=epochs, batch_size=batch_size,
+                                  precision=precision).resolved()
+        keras.utils.set_random_seed(0)
+        self.train, self.steps = data.training_input(
+            x, y, dataset="cifar10", batch_size=batch_size, seed=0, first_epoch=0, epochs=epochs
+        )
+        keras.mixed_precision.set_global_policy(precision)
+        try:
+            self.trainer = experiment.build_trainer(config, NUM_CLASSES, self.steps)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        self.images = len(x)
+
+    def epoch(self) -> int:
+        self.trainer.fit(self.train, epochs=1, steps_per_epoch=self.steps, verbose=0)
+        return self.images
+
+
+def epoch_runners(args, x, y, images: dict) -> dict:
+    """``{variant: run one epoch}``, each returning ``[seconds]``; ``images[variant]`` the count."""
+    import time
+
+    runners = {}
+    for name in args.variant_list:
+        if name.startswith("torch"):
+            trainer = TorchEpochs(x, y, args.batch_size, channels_last=name == "torch_channels_last")
+        else:
+            precision = "mixed_bfloat16" if name == "keras_bf16" else "float32"
+            trainer = KerasEpochs(x, y, args.batch_size, args.epochs, precision)
+
+        def run(trainer=trainer, name=name):
+            start = time.perf_counter()
+            images[name] = trainer.epoch()
+            return [time.perf_counter() - start]
+
+        runners[name] = run
+    return runners
+
+
+def epoch_rows(times: dict, images: dict) -> list[dict]:
+    """Per variant: the epochs' seconds and images/s, the median after the first epoch, and our
+    images/s over each PyTorch variant's (also epoch by epoch: the same repeat)."""
+    torch_names = [name for name in times if name.startswith("torch")]
+    rates = {name: [images[name] / block[0] for block in blocks] for name, blocks in times.items()}
+    kept = {name: (values[1:] if len(values) > 1 else values) for name, values in rates.items()}
+    rows = []
+    for name, blocks in times.items():
+        row = {
+            "variant": name,
+            "epoch_seconds": [round(block[0], 2) for block in blocks],
+            "images_per_epoch": images[name],
+            "images_per_second_by_epoch": [round(rate, 1) for rate in rates[name]],
+            "images_per_second": float(np.median(kept[name])),
+        }
+        for torch_name in torch_names:
+            row[f"speed_vs_{torch_name}"] = row["images_per_second"] / float(np.median(kept[torch_name]))
+            row[f"speed_vs_{torch_name}_per_epoch"] = [
+                ours / theirs for ours, theirs in zip(kept[name], kept[torch_name])
+            ]
+        rows.append(row)
+    return rows
+
+
+def epoch_table(rows: list[dict]):
+    torch_names = [row["variant"] for row in rows if row["variant"].startswith("torch")]
+    header = (["variant", "images/s", "images/s by epoch"]
+              + [f"x {name} (per epoch)" for name in torch_names])
+    body = []
+    for row in rows:
+        cells = [row["variant"], f"{row['images_per_second']:.0f}",
+                 " / ".join(f"{rate:.0f}" for rate in row["images_per_second_by_epoch"])]
+        for name in torch_names:
+            per_epoch = row[f"speed_vs_{name}_per_epoch"]
+            cells.append(f"{row[f'speed_vs_{name}']:.2f} ({min(per_epoch):.2f}-{max(per_epoch):.2f})")
+        body.append(cells)
+    return header, body
+
+
+def real_protocol(args, started, machine, threads) -> dict:
+    from keras_softkd import data
+    from keras_softkd._io import write_json_atomic
+
+    x, y = data.load("cifar10", "train", args.real_data_dir)
+    if args.train_examples:
+        x, y = x[: args.train_examples], y[: args.train_examples]
+    images = {}
+    times = _timing.interleave(epoch_runners(args, x, y, images), args.epochs,
+                               log=lambda line: print(line.replace("ms/step", "ms/epoch"), flush=True))
+    rows = epoch_rows(times, images)
+    machine["load_average_end"] = _timing.load_average()
+    result = {
+        "benchmark": "pytorch_comparison_real_protocol",
+        "command": " ".join(["python"] + sys.argv),
+        "date": started.isoformat(timespec="seconds"),
+        "machine": machine,
+        "threads": threads,
+        "network": "CIFAR ResNet-20 (option A), 10 classes",
+        "data": f"CIFAR-10 train, {len(x)} images ({args.real_data_dir}), pad-crop-flip, normalised",
+        "optimizer": f"SGD lr={LEARNING_RATE} momentum={MOMENTUM} weight_decay={WEIGHT_DECAY} "
+                     "(ours: train.py's cosine schedule from it)",
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "rows": rows,
+    }
+    header, body = epoch_table(rows)
+    print(f"\nResNet-20, CIFAR-10 train ({len(x)} images), batch {args.batch_size}, {args.epochs} "
+          f"interleaved epochs each (figure: median after the first); threads {threads}; "
+          f"load average {machine['load_average_start']} -> {machine['load_average_end']}")
+    print(_timing.text_table(header, body))
+    if args.markdown:
+        print("\n" + _timing.markdown_table(header, body))
+    write_json_atomic(args.output, result)
+    print(f"\nwrote {args.output}")
+    return result
 
 
 def comparison_rows(times: dict, batch_size: int, cpu: dict) -> list[dict]:
@@ -461,6 +686,8 @@ def main(argv=None) -> dict:
     import torch
 
     machine["torch"] = torch.__version__
+    if args.real_data_dir:
+        return real_protocol(args, started, machine, threads)
     x, y = _timing.synthetic_arrays(args.batch_size, NUM_CLASSES)
     log = lambda line: print(line, flush=True)  # noqa: E731
 
