@@ -118,6 +118,26 @@ def test_every_method_trains_a_step_under_each_precision(name, policy, tmp_path)
     assert all(str(v.dtype) == "float32" for v in student.trainable_variables)
 
 
+@pytest.mark.parametrize("name", [n for n in methods.names() if methods.get(n).teachers])
+def test_every_method_with_teachers_trains_a_step_with_bfloat16_teachers(name, tmp_path):
+    """float32 student, --teacher_precision=bfloat16, as train.py builds it: the teachers teach
+    (MrKD: its copy or average, refreshed at step 1; KD: its network) and all stays finite."""
+    fields = {"method": name, "epochs": 8, "teacher_precision": "bfloat16"}
+    if "teacher" in methods.get(name).required():
+        tiny_network(seed=1).save(tmp_path / "teacher.keras")
+        fields["teacher"] = str(tmp_path / "teacher.keras")
+    resolved = ExperimentConfig(**fields).resolved()
+    trainer = experiment.build_trainer(resolved, NUM_CLASSES, steps_per_epoch=1,
+                                       student=tiny_network(seed=0), num_examples=8)
+    assert trainer.teacher_precision == "bfloat16"
+    x, y = batch(name, np.random.default_rng(4))
+    history = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for metric, values in history.history.items():
+        assert np.isfinite(values).all(), (metric, values)
+    assert history.history.get("teaching_copies", [1])[0] == 1
+    assert not all_finite(trainer.variables), all_finite(trainer.variables)
+
+
 def test_pskd_table_stays_float32_and_finite_under_bfloat16():
     """PS-KD keeps last epoch's predictions per example: float32 (not the bfloat16 of the
     softmax it stores), finite after two epochs."""
