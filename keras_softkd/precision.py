@@ -29,7 +29,7 @@ Example:
     >>> teacher = TeacherNetwork(network, "bfloat16")
     >>> logits = teacher.logits(network.trainable_variables, network.non_trainable_variables,
     ...                         np.ones((2, 4), "float32"))
-    >>> str(logits.dtype).split(".")[-1].replace("'>", "")
+    >>> keras.backend.standardize_dtype(logits.dtype)
     'float32'
 """
 
@@ -43,6 +43,88 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 #: ``--teacher_precision``: ``same`` (the student's), or ``bfloat16`` compute for the teachers.
 TEACHER_PRECISIONS = ("same", "bfloat16")
 _TEACHER_POLICY = {"bfloat16": "mixed_bfloat16"}
+
+
+def native_bfloat16() -> tuple[bool, str]:
+    """Whether the device Keras trains on computes bfloat16 natively, and why (one line).
+
+    * a GPU: NVIDIA compute capability >= 8.0 (Ampere and later have bfloat16
+      tensor cores), asked of the backend (TensorFlow's device details,
+      ``torch.cuda.get_device_capability``, JAX's ``compute_capability``);
+    * a TPU (JAX, TensorFlow): yes;
+    * else the CPU, from Linux's ``/proc/cpuinfo`` flags: x86 ``avx512_bf16``
+      or ``amx_bf16``, Arm ``bf16``; no file (not Linux): no.
+
+    Not used to choose a default yet (``--precision`` defaults to float32 until the
+    3-seed comparison says otherwise).
+    """
+    backend = keras.backend.backend()
+    try:
+        accelerator = _accelerator(backend)
+    except Exception as error:  # a backend that cannot say: fall back to the CPU
+        accelerator = None, f"the {backend} backend did not report its devices ({error})"
+    if accelerator[0] is not None:
+        return accelerator
+    try:
+        with open("/proc/cpuinfo") as file:
+            text = file.read()
+    except OSError:
+        return False, "no GPU or TPU, and no /proc/cpuinfo to read the CPU's flags"
+    flags = cpu_bfloat16_flags(text)
+    if flags:
+        return True, f"CPU with {', '.join(flags)}"
+    return False, "CPU without avx512_bf16, amx_bf16 or bf16"
+
+
+def cpu_bfloat16_flags(cpuinfo: str) -> list[str]:
+    """The bfloat16 flags of ``/proc/cpuinfo``'s first ``flags``/``Features`` line.
+
+    Example:
+        >>> cpu_bfloat16_flags("flags\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile")
+        ['avx512_bf16', 'amx_bf16']
+        >>> cpu_bfloat16_flags("Features\t: fp asimd bf16 i8mm")
+        ['bf16']
+    """
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return [flag for flag in value.split() if flag in ("avx512_bf16", "amx_bf16", "bf16")]
+    return []
+
+
+def _accelerator(backend: str) -> tuple:
+    """``(True/False, why)`` for the backend's first GPU or TPU, ``(None, "")`` without one."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("TPU"):
+            return True, "TPU"
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+            return _gpu(capability)
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return _gpu(torch.cuda.get_device_capability(0))
+    elif backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform == "tpu":
+            return True, "TPU"
+        if device.platform == "gpu":
+            capability = getattr(device, "compute_capability", None)
+            return _gpu(tuple(int(part) for part in str(capability).split(".")) if capability else None)
+    return None, ""
+
+
+def _gpu(capability) -> tuple[bool, str]:
+    if capability is None:
+        return False, "a GPU of unknown compute capability"
+    native = tuple(capability) >= (8, 0)
+    return native, f"GPU of compute capability {'.'.join(map(str, capability))}"
 
 
 def check_teacher_precision(value: str) -> str:

@@ -37,6 +37,7 @@ from keras_softkd import experiment, methods, models
 from keras_softkd.config import ExperimentConfig, UsageError
 from keras_softkd.distillation import KDModel
 from keras_softkd.memory_replay import MrKDModel
+from keras_softkd import precision
 from keras_softkd.precision import PRECISIONS, TeacherNetwork
 
 NUM_CLASSES = 10
@@ -342,3 +343,18 @@ def test_the_networks_batchnorm_under_mixed_bfloat16_computes_as_keras(training)
                             (ours.moving_variance, theirs.moving_variance)):
         assert str(mine.dtype) == "float32"
         np.testing.assert_allclose(numpy(mine), numpy(keras_own), rtol=1e-3, atol=1e-4)
+
+
+def test_native_bfloat16_answers_with_a_reason():
+    native, why = precision.native_bfloat16()
+    assert isinstance(native, bool) and why
+    assert precision.cpu_bfloat16_flags("flags\t: fpu sse avx512f") == []
+    assert precision.cpu_bfloat16_flags("processor: 0\nflags\t: avx512_bf16 amx_bf16\n") == [
+        "avx512_bf16", "amx_bf16"]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(precision, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
