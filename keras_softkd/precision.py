@@ -19,6 +19,10 @@ before any loss sees them. The clone is held outside Keras's tracking, so the
 wrapper's weights, checkpoints and ``.keras`` files are those of
 ``--teacher_precision=same``.
 
+Beta-LS's weight average is left out: it runs in training mode (batch
+statistics) and its confidences *rank* the batch's examples, where bfloat16's
+coarser values would tie and reorder them; it stays in the student's precision.
+
 The weights cannot simply be cast to bfloat16 and passed to the network's own
 ``stateless_call``: Keras casts the values of a stateless call back to each
 variable's dtype (float32), and the layers would then compute in float32.
