@@ -54,8 +54,8 @@ import keras
 from keras import ops
 
 from keras_softkd import _checks
-from keras_softkd.precision import TeacherNetwork
 from keras_softkd._replicas import run_once_across_replicas
+from keras_softkd.precision import TeacherNetwork
 
 
 def _counter_dtype() -> str:
