@@ -3,6 +3,9 @@
     python -m keras_softkd.grid --methods=ce,lsr,lsrkd,lsrkd_tc,mrkd1,mrkd3,mrkd3_tc,pseudo_kd \
         --models=resnet20 --seeds=0,1,2 --output_root=runs/cifar10_15ep \
         --flagfile=flags/quickstart.flags --epochs=15 --train_examples=50000 --data_dir=data/
+    python -m keras_softkd.grid --methods=ce,lsr,mrkd3_tc --models=resnet56 --seeds=0-4 \
+        --dataset=cifar100 --output_root=/shared/runs/w_table1 --data_dir=/shared/data \
+        --ray_address=HEAD:6379 --gpus_per_cell=1 --cpus_per_cell=8
 
 Every other ``--flag=value`` is passed to each ``train.py`` unchanged (after
 the ``--flagfile``s, so it overrides them). ``--dry_run`` prints each cell's
@@ -55,6 +58,15 @@ Decisions:
   of one: on 2 cores, two one-thread ResNet-20 runs trained 1.44x the images
   per second of one two-thread run (benchmarks/README.md). On GPUs, start one
   grid per device instead (``CUDA_VISIBLE_DEVICES``, disjoint ``--seeds``).
+* **On a Ray cluster** (``--ray_address=HEAD:PORT``, ``pip install
+  'keras-softkd[cluster]'``): the same grid, each cell a Ray task that runs the
+  same ``train.py`` command on any node with the CPUs and GPUs it asks for
+  (``--cpus_per_cell``, default 1; ``--gpus_per_cell``, default 0).
+  ``--output_root`` must be on storage every node mounts at the same path: a
+  node that cannot see it fails the cell at once. A cell whose node dies is run
+  again elsewhere (``--max_retries``, default 3) and resumes from its last
+  epoch. One line per finished cell with the cells left and the time left.
+  ``keras_softkd._grid_ray`` holds it, and Ray is imported only with this flag.
 * **Report**: at the end ``keras_softkd.report`` tabulates every completed run
   under ``output_root`` into ``<output_root>/report.md`` (test error, NLL, ECE:
   mean ± std over seeds) and plots ``<output_root>/curves.png``.

@@ -256,3 +256,69 @@ def test_a_cell_whose_node_dies_is_rerun_elsewhere_and_resumes_to_the_same_resul
     assert ray_nodes_of(cell_dir) == [first.node_id, second.node_id]
     assert "Resuming from" in (cell_dir / "train.log").read_text()
     assert_same_run(local / "resnet20" / "ce" / "seed0", cell_dir, weights=True)
+
+
+# A stand-in for train.py: notes its pid, then waits to be stopped, or finishes at once when the
+# file `finish` exists beside the cells.
+WAITING_TRAIN = """
+import json, os, pathlib, sys, time
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+out = pathlib.Path(args["output_dir"]); out.mkdir(parents=True, exist_ok=True)
+(out / "started.json").write_text(json.dumps({"pid": os.getpid()}))
+if not (out.parents[2] / "finish").exists():
+    time.sleep(600)
+(out / "results.json").write_text(json.dumps({
+    "method": args["method"], "dataset": "cifar10", "model": args["model"], "seed": int(args["seed"]),
+    "epochs": 1, "hyperparameters": {}, "test_error": 0.5, "test_nll": 1.5, "test_ece": 0.05,
+    "completed": True}))
+"""
+
+
+def test_ctrl_c_cancels_the_running_cells_and_the_next_start_goes_on(tmp_path, ray_cluster):
+    import signal
+
+    cluster = ray_cluster(head_cpus=2)  # two cells at a time; the third waits
+    script = tmp_path / "waiting_train.py"
+    script.write_text(WAITING_TRAIN)
+    root = tmp_path / "runs"
+    command = [sys.executable, "-m", "keras_softkd.grid", "--methods=ce,lsr,lsrkd",
+               f"--output_root={root}", f"--train_script={script}", "--no_report",
+               f"--ray_address={cluster.address}"]
+    driver = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **ENV},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = [root / "resnet20" / m / "seed0" / "started.json" for m in ("ce", "lsr", "lsrkd")]
+    try:
+        deadline = time.monotonic() + 120
+        while sum(path.exists() for path in started) < 2:
+            assert time.monotonic() < deadline and driver.poll() is None, driver.communicate()[0]
+            time.sleep(0.1)
+        time.sleep(0.5)
+        pids = [json.loads(path.read_text())["pid"] for path in started if path.exists()]
+        driver.send_signal(signal.SIGINT)
+        output, _ = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 130, output[-3000:]
+    assert "Interrupted: the running cells were cancelled" in output
+    deadline = time.monotonic() + 30
+    for pid in pids:  # each running cell's train.py was ended with its task
+        while os.path.exists(f"/proc/{pid}") and "Z" not in _proc_state(pid):
+            assert time.monotonic() < deadline, f"train.py {pid} outlived the cancelled grid"
+            time.sleep(0.1)
+    assert sum(path.exists() for path in started) == 2  # the queued cell never started
+    logs = [(path.parent / "train.log").read_text() for path in started if path.exists()]
+    assert all("stopped by the grid runner (Ray task cancelled)" in log for log in logs)
+
+    (root / "finish").write_text("")
+    again = run_grid(command)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "3 cells: 0 already done, 3 run, 0 failed." in again.stdout
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
