@@ -203,10 +203,6 @@ def test_a_two_node_cluster_runs_the_grid_like_the_local_runner(reference, ray_c
         assert_same_run(local / "resnet20" / column / "seed0", root / "resnet20" / column / "seed0")
     assert not list(root.glob(".grid-ray-*"))  # the driver's token file is gone
 
-    again = run_grid(grid_command(root, data, "ce,lsr", f"--ray_address={cluster.address}",
-                                  "--no_report"))
-    assert again.returncode == 0 and "2 cells: 2 already done, 0 run" in again.stdout
-
 
 def _train_processes(cell_dir: pathlib.Path) -> list[int]:
     """The pids of the processes training into ``cell_dir``."""
@@ -322,3 +318,12 @@ def _proc_state(pid: int) -> str:
         return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_without_ray_the_flag_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code = grid.main(["--methods=ce", f"--output_root={tmp_path}", "--ray_address=auto"])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert "--ray_address needs Ray: pip install 'keras-softkd[cluster]'" in error and "\n" not in error
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written
