@@ -265,7 +265,7 @@ def _run_tasks(ray, cells, to_run, counts, failed, root, token_name, token, cpus
         print(f"{where}: {doing} (queued) -> {log}", file=out, flush=True)
     resources_now = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    print(f"{len(pending)} cells sent to the Ray cluster ({nodes} nodes, "
+    print(f"{len(pending)} cells sent to the Ray cluster ({nodes} node{'s' * (nodes != 1)}, "
           f"{resources_now.get('CPU', 0):g} CPUs, {resources_now.get('GPU', 0):g} GPUs); "
           f"each asks for {cpus_per_cell:g} CPU, {gpus_per_cell:g} GPU.", file=out, flush=True)
 
