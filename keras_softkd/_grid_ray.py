@@ -210,7 +210,13 @@ def run(
     token_file = root / f"{TOKEN_PREFIX}{token}"
     token_file.write_text(token + "\n")
     try:
-        _connect(ray, address)
+        try:
+            _connect(ray, address)
+        except Exception as error:  # no cluster at "auto", a refused client address, ...
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            print(f"{_PREFIX}--ray_address={address}: cannot connect: {first[:300]}",
+                  file=sys.stderr)
+            return 2
         try:
             return _run_tasks(ray, cells, to_run, counts, failed, root, token_file.name, token,
                               cpus_per_cell, gpus_per_cell, max_retries, resources, report, out)
@@ -254,24 +260,21 @@ def _run_tasks(ray, cells, to_run, counts, failed, root, token_name, token, cpus
                    max_retries=max_retries, retry_exceptions=False, scheduling_strategy="SPREAD")
     cwd = os.getcwd()
     pending = {}
-    for where, cell, doing in to_run:
-        grid.prepare_cell(cell)
-        log = cell.output_dir / grid.LOG_FILE
-        size = log.stat().st_size if log.exists() else 0
-        ref = task.options(**options, name=f"grid {cell.model} {cell.column.name} seed{cell.seed}").remote(
-            list(cell.command), str(cell.output_dir), str(root), token_name, token, cwd,
-            forwarded, threads)
-        pending[ref] = (where, cell, size)
-        print(f"{where}: {doing} (queued) -> {log}", file=out, flush=True)
-    resources_now = ray.cluster_resources()
-    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    print(f"{len(pending)} cells sent to the Ray cluster ({nodes} node{'s' * (nodes != 1)}, "
-          f"{resources_now.get('CPU', 0):g} CPUs, {resources_now.get('GPU', 0):g} GPUs); "
-          f"each asks for {cpus_per_cell:g} CPU, {gpus_per_cell:g} GPU.", file=out, flush=True)
-
     durations: list[float] = []
     previous_handler = grid._install_sigterm()
     try:
+        for where, cell, doing in to_run:
+            grid.prepare_cell(cell)
+            log = cell.output_dir / grid.LOG_FILE
+            size = log.stat().st_size if log.exists() else 0
+            name = f"grid {cell.model} {cell.column.name} seed{cell.seed}"
+            ref = task.options(**options, name=name).remote(
+                list(cell.command), str(cell.output_dir), str(root), token_name, token, cwd,
+                forwarded, threads)
+            pending[ref] = (where, cell, size)
+            print(f"{where}: {doing} (queued) -> {log}", file=out, flush=True)
+        _describe(ray, len(pending), {"CPU": cpus_per_cell, "GPU": gpus_per_cell, **(resources or {})},
+                  out)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
@@ -297,6 +300,21 @@ def _run_tasks(ray, cells, to_run, counts, failed, root, token_name, token, cpus
 
             signal.signal(signal.SIGTERM, previous_handler)
     return grid.summarize(cells, counts, failed, root, report, out)
+
+
+def _describe(ray, cells: int, asks: dict, out) -> None:
+    """Prints the cluster's size, and a warning when no node can hold a cell now."""
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    total = ray.cluster_resources()
+    print(f"{cells} cells sent to the Ray cluster ({len(alive)} node{'s' * (len(alive) != 1)}, "
+          f"{total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs); each asks for "
+          f"{asks['CPU']:g} CPU, {asks['GPU']:g} GPU.", file=out, flush=True)
+    asked = {name: amount for name, amount in asks.items() if amount}
+    if not any(all(node.get("Resources", {}).get(name, 0) >= amount for name, amount in asked.items())
+               for node in alive):
+        wanted = ", ".join(f"{amount:g} {name}" for name, amount in asked.items())
+        print(f"Warning: no node of the cluster has {wanted} now; the cells wait until one joins "
+              "(or stop with Ctrl-C and lower --cpus_per_cell / --gpus_per_cell).", file=out, flush=True)
 
 
 def _result(ray, ref) -> dict:
