@@ -131,6 +131,29 @@ def test_a_node_that_cannot_see_the_output_root_fails_the_cell_at_once(tmp_path)
         assert not cell_dir.exists()  # nothing trained, nothing written
 
 
+def test_the_cell_task_reaches_the_workers_without_keras(tmp_path):
+    """Ray sends the task by value: a worker runs it without importing keras_softkd (nor Keras)."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[cluster]')")
+    import ray.cloudpickle
+    from keras_softkd import _grid_ray
+
+    ray.cloudpickle.register_pickle_by_value(_grid_ray)
+    (tmp_path / "task.pkl").write_bytes(ray.cloudpickle.dumps(_grid_ray.cell_task))
+    worker = (
+        "import pickle, sys\n"
+        "sys.modules['keras_softkd'] = None  # importing it fails\n"
+        f"task = pickle.loads(open({str(tmp_path / 'task.pkl')!r}, 'rb').read())\n"
+        "result = task(['python', 'train.py'], 'runs/a', '/no/such/root', '.t', 't', '/', {}, 1)\n"
+        "print(result['error'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('keras', 'tensorflow')) and sys.modules[m]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    error, modules = result.stdout.strip().splitlines()
+    assert "cannot see --output_root=/no/such/root" in error
+    assert modules == "[]"
+
+
 def test_an_unreachable_head_is_one_line_and_exit_2(tmp_path, capsys):
     pytest.importorskip("ray", reason=f"Ray is not installed (pip install -e '.[cluster]')")
     code = grid.main(["--methods=ce", f"--output_root={tmp_path}", "--ray_address=127.0.0.1:9"])
