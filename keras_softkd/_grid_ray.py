@@ -273,8 +273,8 @@ def _run_tasks(ray, cells, to_run, counts, failed, root, token_name, token, cpus
                 forwarded, threads)
             pending[ref] = (where, cell, size)
             print(f"{where}: {doing} (queued) -> {log}", file=out, flush=True)
-        _describe(ray, len(pending), {"CPU": cpus_per_cell, "GPU": gpus_per_cell, **(resources or {})},
-                  out)
+        asks = {"CPU": cpus_per_cell, "GPU": gpus_per_cell, **(resources or {})}
+        _describe(ray, len(pending), asks, out)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
@@ -310,11 +310,14 @@ def _describe(ray, cells: int, asks: dict, out) -> None:
           f"{total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs); each asks for "
           f"{asks['CPU']:g} CPU, {asks['GPU']:g} GPU.", file=out, flush=True)
     asked = {name: amount for name, amount in asks.items() if amount}
-    if not any(all(node.get("Resources", {}).get(name, 0) >= amount for name, amount in asked.items())
-               for node in alive):
+    def holds(node: dict) -> bool:
+        return all(node.get("Resources", {}).get(name, 0) >= need for name, need in asked.items())
+
+    if not any(holds(node) for node in alive):
         wanted = ", ".join(f"{amount:g} {name}" for name, amount in asked.items())
         print(f"Warning: no node of the cluster has {wanted} now; the cells wait until one joins "
-              "(or stop with Ctrl-C and lower --cpus_per_cell / --gpus_per_cell).", file=out, flush=True)
+              "(or stop with Ctrl-C and lower --cpus_per_cell / --gpus_per_cell).", file=out,
+              flush=True)
 
 
 def _result(ray, ref) -> dict:
@@ -352,7 +355,7 @@ def _slots(ray, cpus: float, gpus: float, resources: Optional[dict]) -> int:
     except Exception:
         return 1
     asks = {"CPU": cpus, "GPU": gpus, **(resources or {})}
-    fits = [math.floor(total.get(name, 0) / amount + 1e-9) for name, amount in asks.items() if amount]
+    fits = [math.floor(total.get(name, 0) / need + 1e-9) for name, need in asks.items() if need]
     return max(1, min(fits)) if fits else 1
 
 

@@ -445,7 +445,8 @@ def run(
     return summarize(cells, counts, failed, output_root, report, out)
 
 
-def triage(cells: Sequence[Cell], out) -> tuple[dict[str, int], list[str], list[tuple[str, Cell, str]]]:
+def triage(cells: Sequence[Cell], out
+           ) -> tuple[dict[str, int], list[str], list[tuple[str, Cell, str]]]:
     """Prints the cells that are done or cannot run; ``(counts, failed, to_run)``.
 
     ``to_run`` holds ``(where, cell, doing)``: the cell's ``[i/n] model column
@@ -472,7 +473,7 @@ def triage(cells: Sequence[Cell], out) -> tuple[dict[str, int], list[str], list[
 
 def summarize(cells: Sequence[Cell], counts: dict[str, int], failed: Sequence[str], output_root,
               report: bool, out) -> int:
-    """The closing lines and the report; the exit status (0, or 1 when a cell or the report failed)."""
+    """The closing lines and the report; the exit status (0, or 1 if a cell or the report failed)."""
     print(f"\n{len(cells)} cells: {counts['done']} already done, {counts['ran']} run, "
           f"{counts['failed']} failed.", file=out)
     for line in failed:
@@ -736,8 +737,8 @@ def _cluster_usage(args: argparse.Namespace) -> str:
              if getattr(args, name) is not None]
     if args.ray_address is None:
         if given:
-            return (f"{given[0]} applies to cells on a Ray cluster only: add --ray_address=HEAD:PORT "
-                    "(or use --jobs to run several cells on this machine).")
+            return (f"{given[0]} applies to cells on a Ray cluster only: add "
+                    "--ray_address=HEAD:PORT (or use --jobs to run several cells on this machine).")
         return ""
     if not args.ray_address.strip():
         return "--ray_address: give HEAD:PORT, 'auto' or 'local'; got an empty address."

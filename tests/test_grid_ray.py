@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RAY_VERSION = "2.60.0"  # setup.py's [cluster] extra
 
 # One thread per cell everywhere, so the local and the Ray runs compute in the same order.
-THREADS = {name: "1" for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")}
+THREADS = dict.fromkeys(("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"), "1")
 ENV = {
     **THREADS,
     "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -63,8 +63,8 @@ def assert_same_run(a: pathlib.Path, b: pathlib.Path, weights: bool = False) -> 
     ha, hb = ((d / "history.csv").read_text().splitlines() for d in (a, b))
     assert ha[0] == hb[0] and len(ha) == len(hb) == EPOCHS + 1
     for row_a, row_b in zip(ha[1:], hb[1:]):
-        np.testing.assert_allclose(np.array(row_a.split(","), float), np.array(row_b.split(","), float),
-                                   atol=1e-5)
+        np.testing.assert_allclose(np.array(row_a.split(","), float),
+                                   np.array(row_b.split(","), float), atol=1e-5)
     if weights:
         import keras
 
@@ -145,7 +145,8 @@ def test_the_cell_task_reaches_the_workers_without_keras(tmp_path):
         f"task = pickle.loads(open({str(tmp_path / 'task.pkl')!r}, 'rb').read())\n"
         "result = task(['python', 'train.py'], 'runs/a', '/no/such/root', '.t', 't', '/', {}, 1)\n"
         "print(result['error'])\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('keras', 'tensorflow')) and sys.modules[m]))\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m.startswith(('keras', 'tensorflow')) and sys.modules[m]))\n"
     )
     result = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -155,7 +156,7 @@ def test_the_cell_task_reaches_the_workers_without_keras(tmp_path):
 
 
 def test_an_unreachable_head_is_one_line_and_exit_2(tmp_path, capsys):
-    pytest.importorskip("ray", reason=f"Ray is not installed (pip install -e '.[cluster]')")
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[cluster]')")
     code = grid.main(["--methods=ce", f"--output_root={tmp_path}", "--ray_address=127.0.0.1:9"])
     assert code == 2
     error = capsys.readouterr().err.strip()
@@ -168,7 +169,7 @@ def test_an_unreachable_head_is_one_line_and_exit_2(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The local runner's ce and lsr cells (seed 0) and their data folder."""
-    pytest.importorskip("ray", reason=f"Ray is not installed (pip install -e '.[cluster]')")
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[cluster]')")
     base = tmp_path_factory.mktemp("ray_grid")
     data = write_tiny_cifar(base / "data", train=192, test=32)
     root = base / "local"
@@ -180,7 +181,7 @@ def reference(tmp_path_factory):
 @pytest.fixture
 def ray_cluster(monkeypatch):
     """``start(head_cpus)`` -> a started ``Cluster`` (shut down after the test)."""
-    ray = pytest.importorskip("ray", reason=f"Ray is not installed (pip install -e '.[cluster]')")
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[cluster]')")
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
