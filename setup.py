@@ -44,6 +44,10 @@ setup(
         # The JAX and PyTorch (CPU) backends, for tests/test_backends.py.
         "backends": ["jax[cpu]", "torch==2.13.0"],
         "bench": ["torch==2.13.0"],
+        # The grid on a Ray cluster (python -m keras_softkd.grid --ray_address=...); tested with
+        # this version on Python 3.11. Plain `ray`: `ray start` and tasks need nothing of
+        # ray[default] (the dashboard and its web-server packages).
+        "cluster": ["ray==2.60.0"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

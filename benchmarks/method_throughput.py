@@ -20,6 +20,10 @@ schedule, an accuracy metric), for the same network, seed and data:
   so every copy teaches (``initial_weights_teach=True``; by default a copy runs
   only once refreshed, and none would run in these first steps);
   ``benchmarks/mrkd_overhead.py`` times the refresh itself;
+* ``beta_ls`` -- a training-mode forward of the weight average per step, and
+  its update (an elementwise pass over the weights); ``kr_ls`` -- the K x K
+  matrix's read and gradient step; ``mrkd_ema`` (``mrkd3_ema``) -- the
+  weight average as a teacher, updated every step (beside 3 copies);
 * ``kd`` (optional, ``--methods=...,kd``) -- :class:`KDModel` with a teacher of
   the same architecture, saved to and loaded from a ``.keras`` file as
   ``--teacher`` would be.
@@ -64,7 +68,8 @@ from keras_softkd import data, experiment, methods, models  # noqa: E402
 from keras_softkd._io import write_json_atomic  # noqa: E402
 from keras_softkd.config import ExperimentConfig  # noqa: E402
 
-DEFAULT_METHODS = ("ce", "lsr", "lsrkd", "lsrkd_tc", "pseudo_kd", "tf_reg", "cs_kd", "pskd", "mrkd1", "mrkd3")
+DEFAULT_METHODS = ("ce", "lsr", "lsrkd", "lsrkd_tc", "pseudo_kd", "tf_reg", "cs_kd", "pskd", "beta_ls",
+                   "kr_ls", "mrkd1", "mrkd3", "mrkd_ema")
 # Largest step-time ratio to CE each method may have (issues 3 and 5), by column name.
 TARGETS = {"lsr": 1.03, "lsrkd": 1.03, "lsrkd_tc": 1.03, "pseudo_kd": 1.03, "tf_reg": 1.03,
            "mrkd1": 1.35, "mrkd3": 2.0}

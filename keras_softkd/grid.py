@@ -3,6 +3,9 @@
     python -m keras_softkd.grid --methods=ce,lsr,lsrkd,lsrkd_tc,mrkd1,mrkd3,mrkd3_tc,pseudo_kd \
         --models=resnet20 --seeds=0,1,2 --output_root=runs/cifar10_15ep \
         --flagfile=flags/quickstart.flags --epochs=15 --train_examples=50000 --data_dir=data/
+    python -m keras_softkd.grid --methods=ce,lsr,mrkd3_tc --models=resnet56 --seeds=0-4 \
+        --dataset=cifar100 --output_root=/shared/runs/w_table1 --data_dir=/shared/data \
+        --ray_address=HEAD:6379 --gpus_per_cell=1 --cpus_per_cell=8
 
 Every other ``--flag=value`` is passed to each ``train.py`` unchanged (after
 the ``--flagfile``s, so it overrides them). ``--dry_run`` prints each cell's
@@ -55,6 +58,15 @@ Decisions:
   of one: on 2 cores, two one-thread ResNet-20 runs trained 1.44x the images
   per second of one two-thread run (benchmarks/README.md). On GPUs, start one
   grid per device instead (``CUDA_VISIBLE_DEVICES``, disjoint ``--seeds``).
+* **On a Ray cluster** (``--ray_address=HEAD:PORT``, ``pip install
+  'keras-softkd[cluster]'``): the same grid, each cell a Ray task that runs the
+  same ``train.py`` command on any node with the CPUs and GPUs it asks for
+  (``--cpus_per_cell``, default 1; ``--gpus_per_cell``, default 0).
+  ``--output_root`` must be on storage every node mounts at the same path: a
+  node that cannot see it fails the cell at once. A cell whose node dies is run
+  again elsewhere (``--max_retries``, default 3) and resumes from its last
+  epoch. One line per finished cell with the cells left and the time left.
+  ``keras_softkd._grid_ray`` holds it, and Ray is imported only with this flag.
 * **Report**: at the end ``keras_softkd.report`` tabulates every completed run
   under ``output_root`` into ``<output_root>/report.md`` (test error, NLL, ECE:
   mean ± std over seeds) and plots ``<output_root>/curves.png``.
@@ -401,22 +413,7 @@ def run(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"`jobs` must be an integer >= 1; got jobs={jobs!r}.")
     out = out or sys.stdout
-    counts = {"done": 0, "ran": 0, "failed": 0}
-    failed: list[str] = []
-    to_run = []
-    for index, cell in enumerate(cells, 1):
-        state, detail = cell.state()
-        where = f"[{index}/{len(cells)}] {cell.model} {cell.column.name} seed{cell.seed}"
-        if state == "done":
-            counts["done"] += 1
-            print(f"{where}: done, skipped", file=out, flush=True)
-        elif state in ("conflict", "broken"):
-            counts["failed"] += 1
-            failed.append(f"{cell.output_dir}: {state}: {detail}")
-            print(f"{where}: {state}, not run: {detail}", file=out, flush=True)
-        else:
-            to_run.append((where, cell, "resuming " + detail if state == "resume" else "running"))
-
+    counts, failed, to_run = triage(cells, out)
     runner = _Runner(stream, out, _cell_environment(jobs))
     previous_handler = _install_sigterm()
     pool = futures.ThreadPoolExecutor(jobs, thread_name_prefix="keras_softkd_grid")
@@ -445,6 +442,38 @@ def run(
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
 
+    return summarize(cells, counts, failed, output_root, report, out)
+
+
+def triage(cells: Sequence[Cell], out
+           ) -> tuple[dict[str, int], list[str], list[tuple[str, Cell, str]]]:
+    """Prints the cells that are done or cannot run; ``(counts, failed, to_run)``.
+
+    ``to_run`` holds ``(where, cell, doing)``: the cell's ``[i/n] model column
+    seed`` label and ``"running"`` or ``"resuming from epoch N"``. Shared by the
+    local runner and the Ray one (``keras_softkd._grid_ray``).
+    """
+    counts = {"done": 0, "ran": 0, "failed": 0}
+    failed: list[str] = []
+    to_run = []
+    for index, cell in enumerate(cells, 1):
+        state, detail = cell.state()
+        where = f"[{index}/{len(cells)}] {cell.model} {cell.column.name} seed{cell.seed}"
+        if state == "done":
+            counts["done"] += 1
+            print(f"{where}: done, skipped", file=out, flush=True)
+        elif state in ("conflict", "broken"):
+            counts["failed"] += 1
+            failed.append(f"{cell.output_dir}: {state}: {detail}")
+            print(f"{where}: {state}, not run: {detail}", file=out, flush=True)
+        else:
+            to_run.append((where, cell, "resuming " + detail if state == "resume" else "running"))
+    return counts, failed, to_run
+
+
+def summarize(cells: Sequence[Cell], counts: dict[str, int], failed: Sequence[str], output_root,
+              report: bool, out) -> int:
+    """The closing lines and the report; the exit status (0, or 1 if a cell or the report failed)."""
     print(f"\n{len(cells)} cells: {counts['done']} already done, {counts['ran']} run, "
           f"{counts['failed']} failed.", file=out)
     for line in failed:
@@ -454,6 +483,13 @@ def run(
         status = max(status, write_report(output_root, out))
     out.flush()
     return status
+
+
+def prepare_cell(cell: Cell) -> None:
+    """Creates the cell's folder and records its setting (``grid_cell.json``) on its first start."""
+    cell.output_dir.mkdir(parents=True, exist_ok=True)
+    if not (cell.output_dir / CELL_FILE).exists():
+        _io.write_json_atomic(cell.output_dir / CELL_FILE, cell.setting())
 
 
 def _cell_environment(jobs: int) -> dict[str, str]:
@@ -553,9 +589,7 @@ def _install_sigterm():
 def _run_cell(cell: Cell, runner: _Runner) -> Optional[int]:
     """Runs ``cell``'s ``train.py``, its output appended to its ``train.log``; its exit code
     (None when the grid was stopped before it started)."""
-    cell.output_dir.mkdir(parents=True, exist_ok=True)
-    if not (cell.output_dir / CELL_FILE).exists():
-        _io.write_json_atomic(cell.output_dir / CELL_FILE, cell.setting())
+    prepare_cell(cell)
     with open(cell.output_dir / LOG_FILE, "a") as log:
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
         log.write(f"=== {stamp} {shlex.join(cell.command)}\n")
@@ -646,6 +680,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="cells run at once, each with an equal share of the CPU cores")
     parser.add_argument("--python", default=sys.executable, help="interpreter for train.py")
     parser.add_argument("--train_script", default=None, help="path of train.py")
+    cluster = parser.add_argument_group(
+        "on a Ray cluster", "each cell a Ray task on any node; --output_root must be on storage "
+        "every node mounts at the same path (pip install 'keras-softkd[cluster]')")
+    cluster.add_argument("--ray_address", default=None,
+                         help="the cluster's HEAD:PORT, 'auto' (the one `ray start` runs here) or "
+                         "'local' (start Ray on this machine only)")
+    cluster.add_argument("--cpus_per_cell", type=float, default=None,
+                         help="CPUs each cell asks Ray for (default 1)")
+    cluster.add_argument("--gpus_per_cell", type=float, default=None,
+                         help="GPUs each cell asks Ray for (default 0)")
+    cluster.add_argument("--max_retries", type=int, default=None,
+                         help="times Ray reruns a cell whose node or worker died (default 3); "
+                         "the rerun resumes from the cell's last epoch")
     args, train_args = parser.parse_known_args(argv)
     try:
         cells = plan(
@@ -660,6 +707,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"python -m keras_softkd.grid: error: --jobs must be an integer >= 1; got "
               f"--jobs={args.jobs}.", file=sys.stderr)
         return 2
+    problem = _cluster_usage(args)
+    if problem:
+        print(f"python -m keras_softkd.grid: error: {problem}", file=sys.stderr)
+        return 2
     if args.dry_run:
         for cell in cells:
             state, detail = cell.state()
@@ -667,8 +718,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   + (f" ({detail})" if detail else ""))
             print(shlex.join(cell.command))
         return 0
+    if args.ray_address is not None:
+        from keras_softkd import _grid_ray  # imports Ray: only when asked for
+
+        return _grid_ray.run(
+            cells, args.output_root, args.ray_address, report=not args.no_report,
+            cpus_per_cell=1.0 if args.cpus_per_cell is None else args.cpus_per_cell,
+            gpus_per_cell=args.gpus_per_cell or 0.0,
+            max_retries=3 if args.max_retries is None else args.max_retries,
+        )
     return run(cells, args.output_root, report=not args.no_report, stream=args.stream,
                jobs=args.jobs)
+
+
+def _cluster_usage(args: argparse.Namespace) -> str:
+    """What is wrong with the Ray flags (one line), or ``""``."""
+    given = [f"--{name}" for name in ("cpus_per_cell", "gpus_per_cell", "max_retries")
+             if getattr(args, name) is not None]
+    if args.ray_address is None:
+        if given:
+            return (f"{given[0]} applies to cells on a Ray cluster only: add "
+                    "--ray_address=HEAD:PORT (or use --jobs to run several cells on this machine).")
+        return ""
+    if not args.ray_address.strip():
+        return "--ray_address: give HEAD:PORT, 'auto' or 'local'; got an empty address."
+    if args.jobs != 1:
+        return ("--jobs is for cells on this machine; on a Ray cluster each cell asks for "
+                "--cpus_per_cell and --gpus_per_cell and Ray runs as many as the cluster holds.")
+    if args.stream:
+        return ("--stream is for cells on this machine; on a Ray cluster each cell's output is in "
+                "its train.log under --output_root.")
+    if args.cpus_per_cell is not None and not args.cpus_per_cell > 0:
+        return f"--cpus_per_cell must be a number > 0; got --cpus_per_cell={args.cpus_per_cell:g}."
+    if args.gpus_per_cell is not None and not args.gpus_per_cell >= 0:
+        return f"--gpus_per_cell must be a number >= 0; got --gpus_per_cell={args.gpus_per_cell:g}."
+    if args.max_retries is not None and args.max_retries < 0:
+        return f"--max_retries must be an integer >= 0; got --max_retries={args.max_retries}."
+    return ""
 
 
 if __name__ == "__main__":

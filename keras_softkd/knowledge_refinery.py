@@ -75,7 +75,7 @@ from keras import ops
 from keras_softkd import _checks, losses
 from keras_softkd._replicas import run_once_across_replicas
 from keras_softkd.distillation import Distiller
-from keras_softkd.memory_replay import step_counter
+from keras_softkd.past_weights import step_counter
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")

@@ -141,3 +141,54 @@ def sync(model):
 
     if keras.backend.backend() == "jax":
         model.jax_state_sync()
+
+
+def killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, method: str, **settings) -> list:
+    """``experiment.run`` (train.py's body) with ``method`` on a tiny network and tiny CIFAR files,
+    3 epochs; then again, killed right after epoch 2's checkpoint, and run once more: the resumed
+    run must end where the uninterrupted one does (metrics, weights, the history's epochs).
+    Returns the resumed run's history.csv lines."""
+    import keras
+    import numpy as np
+    import pytest
+
+    from keras_softkd import experiment
+    from keras_softkd.config import ExperimentConfig
+
+    def tiny_network(name, num_classes, synchronized_batchnorm=False):
+        inputs = keras.Input((32, 32, 3))
+        h = keras.layers.Conv2D(4, 3, strides=4, use_bias=False)(inputs)
+        h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
+        return keras.Model(inputs, keras.layers.Dense(num_classes)(h))
+
+    monkeypatch.setattr(experiment.models, "build", tiny_network)
+    data_dir = write_tiny_cifar(tmp_path / "data", train=40, test=16)
+    settings = dict(method=method, epochs=3, batch_size=16, data_dir=str(data_dir), seed=1, lr=0.2,
+                    **settings)
+    full = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "full"), **settings))
+
+    class Killed(Exception):
+        pass
+
+    save = experiment.EpochCheckpoint.on_epoch_end
+
+    def save_then_die(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch == 1:
+            raise Killed
+
+    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save_then_die)
+    with pytest.raises(Killed):
+        experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
+    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save)
+    resumed = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
+    for key in ("test_error", "test_nll", "test_ece"):
+        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
+    a = keras.models.load_model(tmp_path / "full" / "model.keras")
+    b = keras.models.load_model(tmp_path / "resumed" / "model.keras")
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-6)
+    history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["0", "1", "2"]
+    return history

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import sync, tensorflow_only, to_numpy
+from stepwise import log_softmax
 from keras_softkd import BetaLSModel, losses, past_weights
 
 BACKEND = keras.backend.backend()
@@ -32,11 +33,6 @@ LR = 0.5
 
 
 # -- the reference (float64) -------------------------------------------------------------------
-
-
-def log_softmax(z):
-    m = z.max(axis=1, keepdims=True)
-    return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
 
 
 class ReferenceBetaLS:
@@ -329,42 +325,13 @@ def test_keras_file_round_trip(tmp_path):
 
 @tensorflow_only("experiment.run with the tf.data pipeline")
 def test_experiment_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
-    """experiment.run (train.py's body) with --method=beta_ls, interrupted right after epoch 2's
+    """experiment.run (train.py's body) with --method=beta_ls, killed right after epoch 2's
     checkpoint and run again: it resumes (average, counter, optimizer) to the uninterrupted result."""
-    from conftest import write_tiny_cifar
-    from keras_softkd import experiment
-    from keras_softkd.config import ExperimentConfig
+    from conftest import killed_and_resumed_equals_uninterrupted
 
-    def tiny_network(name, num_classes, synchronized_batchnorm=False):
-        inputs = keras.Input((32, 32, 3))
-        h = keras.layers.Conv2D(4, 3, strides=4, use_bias=False)(inputs)
-        h = keras.layers.BatchNormalization()(h)
-        h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
-        return keras.Model(inputs, keras.layers.Dense(num_classes)(h))
-
-    monkeypatch.setattr(experiment.models, "build", tiny_network)
-    data_dir = write_tiny_cifar(tmp_path / "data", train=40, test=16)
-    settings = dict(method="beta_ls", epochs=3, batch_size=16, data_dir=str(data_dir), seed=1, lr=0.2)
-    full = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "full"), **settings))
-
-    class Killed(Exception):
-        pass
-
-    save = experiment.EpochCheckpoint.on_epoch_end
-
-    def save_then_die(self, epoch, logs=None):
-        save(self, epoch, logs)
-        if epoch == 1:
-            raise Killed
-
-    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save_then_die)
-    with pytest.raises(Killed):
-        experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
-    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save)
-    resumed = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
-    for key in ("test_error", "test_nll", "test_ece"):
-        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
-    assert "label_weight" in (tmp_path / "full" / "history.csv").read_text().splitlines()[0]
+    history = killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, "beta_ls")
+    assert len(history) == 4
+    assert "label_weight" in history[0]
 
 
 # -- (d) two replicas ----------------------------------------------------------------------------

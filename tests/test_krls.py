@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import sync, tensorflow_only, to_numpy
+from stepwise import Stream, log_softmax, shuffled_batches, tf_stream
+import test_losses
 from keras_softkd import KRLSModel, data, losses
 from keras_softkd.losses import KRLSLoss
 
@@ -32,11 +34,6 @@ LR = 0.5
 
 
 # -- the reference (Algorithm 1, float64) ---------------------------------------------------
-
-
-def log_softmax(z):
-    m = z.max(axis=-1, keepdims=True)
-    return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
 
 
 def residual(values, label):
@@ -111,36 +108,9 @@ class ReferenceKR:
 
 
 def value_and_grad(fn, logits, dtype="float32"):
-    """``fn(z)`` per example and ``d sum fn / dz`` (float64 arrays)."""
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        z = tf.cast(tf.constant(np.asarray(logits, np.float32)), dtype)
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            value = fn(z)
-            total = tf.reduce_sum(value)
-        grad = tape.gradient(total, z)
-    elif BACKEND == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        z = jnp.asarray(np.asarray(logits, np.float32)).astype(dtype)
-        value, vjp = jax.vjp(fn, z)
-        (grad,) = vjp(jnp.ones_like(value))
-    else:
-        import torch
-
-        z = torch.tensor(np.asarray(logits, np.float32)).to(getattr(torch, dtype))
-        z.requires_grad_(True)
-        value = fn(z)
-        value.sum().backward()
-        grad = z.grad
-    return to_numpy(value).astype(np.float64), to_numpy(ops_float(grad)).astype(np.float64)
-
-
-def ops_float(x):
-    return keras.ops.cast(x, "float32")
+    """tests/test_losses.py's: ``fn(z)`` per example and ``d sum fn / dz`` (float64 arrays)."""
+    value, grad, _ = test_losses.value_and_grad(fn, logits, dtype)
+    return value, grad
 
 
 def round_to(x, dtype):
@@ -239,31 +209,7 @@ def make_data(n=N, seed=0):
 
 
 def make_batches(x, y, epochs=EPOCHS, batch=BATCH, seed=1):
-    """Each epoch a new permutation; batches of ``batch`` and a shorter last one."""
-    rng = np.random.RandomState(seed)
-    batches = []
-    for _ in range(epochs):
-        order = rng.permutation(len(x))
-        for start in range(0, len(x), batch):
-            idx = order[start : start + batch]
-            batches.append((x[idx], y[idx]))
-    return batches
-
-
-class Stream(keras.utils.PyDataset):
-    def __init__(self, batches):
-        super().__init__()
-        self.batches = batches
-
-    @property
-    def num_batches(self):
-        return None
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, index):
-        return self.batches[min(index, len(self.batches) - 1)]
+    return shuffled_batches(x, y, epochs, batch, seed)
 
 
 def make_student(seed=3):
@@ -494,61 +440,16 @@ def test_keras_file_round_trip(tmp_path):
 
 @tensorflow_only("experiment.run with the tf.data pipeline")
 def test_experiment_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
-    """experiment.run with --method=kr_ls, interrupted right after epoch 2's checkpoint and run
-    again: it resumes (matrix, counter, optimizer) to the uninterrupted result."""
-    from conftest import write_tiny_cifar
-    from keras_softkd import experiment
-    from keras_softkd.config import ExperimentConfig
+    """experiment.run (train.py's body) with --method=kr_ls, killed right after epoch 2's
+    checkpoint and run again: it resumes (matrix, counter, optimizer) to the uninterrupted result."""
+    from conftest import killed_and_resumed_equals_uninterrupted
 
-    def tiny_network(name, num_classes, synchronized_batchnorm=False):
-        inputs = keras.Input((32, 32, 3))
-        h = keras.layers.Conv2D(4, 3, strides=4, use_bias=False)(inputs)
-        h = keras.layers.BatchNormalization()(h)
-        h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
-        return keras.Model(inputs, keras.layers.Dense(num_classes)(h))
-
-    monkeypatch.setattr(experiment.models, "build", tiny_network)
-    data_dir = write_tiny_cifar(tmp_path / "data", train=40, test=16)
-    settings = dict(method="kr_ls", epochs=3, batch_size=16, data_dir=str(data_dir), seed=1, lr=0.2)
-    full = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "full"), **settings))
-
-    class Killed(Exception):
-        pass
-
-    save = experiment.EpochCheckpoint.on_epoch_end
-
-    def save_then_die(self, epoch, logs=None):
-        save(self, epoch, logs)
-        if epoch == 1:
-            raise Killed
-
-    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save_then_die)
-    with pytest.raises(Killed):
-        experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
-    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save)
-    resumed = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
-    for key in ("test_error", "test_nll", "test_ece"):
-        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
-    a = keras.models.load_model(tmp_path / "full" / "model.keras")
-    b = keras.models.load_model(tmp_path / "resumed" / "model.keras")
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
-        np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-6)
-    history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in history[1:]] == ["0", "1", "2"]
+    history = killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, "kr_ls")
+    assert len(history) == 4
     assert "teacher_top_probability" in history[0]
 
 
 # -- two replicas ---------------------------------------------------------------------------
-
-
-def tf_stream(batches):
-    import tensorflow as tf
-
-    stream = None
-    for batch in batches:
-        one = tf.data.Dataset.from_tensors(batch)
-        stream = one if stream is None else stream.concatenate(one)
-    return stream
 
 
 @tensorflow_only("tf.distribute.MirroredStrategy")

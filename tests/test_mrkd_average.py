@@ -257,6 +257,16 @@ def test_keras_file_round_trip(tmp_path):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
+@tensorflow_only("experiment.run with the tf.data pipeline")
+def test_experiment_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
+    """experiment.run with --method=mrkd_ema_tc beside one copy, killed right after epoch 2's
+    checkpoint and run again: it resumes (average, copy, counter, optimizer) to the same result."""
+    from conftest import killed_and_resumed_equals_uninterrupted
+
+    history = killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, "mrkd_ema_tc", copies=1)
+    assert "teaching_copies" in history[0]
+
+
 # -- (d) two replicas --------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import sync, tensorflow_only, to_numpy
+from stepwise import Stream, log_softmax, shuffled_batches, tf_stream
 from keras_softkd import PSKDModel, data
 
 BACKEND = keras.backend.backend()
@@ -30,11 +31,6 @@ LR = 0.5
 
 
 # -- the reference (docs/REFERENCE_CODE.md 1.2, float64) ---------------------------------------
-
-
-def log_softmax(z):
-    m = z.max(axis=1, keepdims=True)
-    return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
 
 
 class ReferencePSKD:
@@ -75,35 +71,7 @@ def make_data(n=N, seed=0):
 
 
 def make_batches(x, y, epochs=EPOCHS, batch=BATCH, seed=1):
-    """Each epoch a new permutation of the examples (as the reference's shuffled DataLoader),
-    batches of ``batch`` and a shorter last one: ``(x, {"labels", "index"})`` per step."""
-    rng = np.random.RandomState(seed)
-    batches = []
-    for _ in range(epochs):
-        order = rng.permutation(len(x))
-        for start in range(0, len(x), batch):
-            idx = order[start : start + batch].astype("int32")
-            batches.append((x[idx], {"labels": y[idx], "index": idx}))
-    return batches
-
-
-class Stream(keras.utils.PyDataset):
-    """Given batches, read by ``fit`` as one stream across epochs (as data.TrainPyDataset)."""
-
-    def __init__(self, batches):
-        super().__init__()
-        self.batches = batches
-
-    @property
-    def num_batches(self):
-        return None
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, index):
-        # With steps_per_execution > 1 Keras reads ahead past the last step: never trained on.
-        return self.batches[min(index, len(self.batches) - 1)]
+    return shuffled_batches(x, y, epochs, batch, seed, with_index=True)
 
 
 def make_student(seed=3):
@@ -343,60 +311,15 @@ def test_keras_file_round_trip(tmp_path):
 
 @tensorflow_only("experiment.run with the tf.data pipeline")
 def test_experiment_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
-    """experiment.run (train.py's body) with --method=pskd, interrupted right after epoch 2's
+    """experiment.run (train.py's body) with --method=pskd, killed right after epoch 2's
     checkpoint and run again: it resumes (table, counter, optimizer) to the uninterrupted result."""
-    from conftest import write_tiny_cifar
-    from keras_softkd import experiment
-    from keras_softkd.config import ExperimentConfig
+    from conftest import killed_and_resumed_equals_uninterrupted
 
-    def tiny_network(name, num_classes, synchronized_batchnorm=False):
-        inputs = keras.Input((32, 32, 3))
-        h = keras.layers.Conv2D(4, 3, strides=4, use_bias=False)(inputs)
-        h = keras.layers.BatchNormalization()(h)
-        h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
-        return keras.Model(inputs, keras.layers.Dense(num_classes)(h))
-
-    monkeypatch.setattr(experiment.models, "build", tiny_network)
-    data_dir = write_tiny_cifar(tmp_path / "data", train=40, test=16)
-    settings = dict(method="pskd", epochs=3, batch_size=16, data_dir=str(data_dir), seed=1, lr=0.2)
-    full = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "full"), **settings))
-
-    class Killed(Exception):
-        pass
-
-    save = experiment.EpochCheckpoint.on_epoch_end
-
-    def save_then_die(self, epoch, logs=None):
-        save(self, epoch, logs)
-        if epoch == 1:
-            raise Killed
-
-    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save_then_die)
-    with pytest.raises(Killed):
-        experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
-    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save)
-    resumed = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
-    for key in ("test_error", "test_nll", "test_ece"):
-        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
-    a = keras.models.load_model(tmp_path / "full" / "model.keras")
-    b = keras.models.load_model(tmp_path / "resumed" / "model.keras")
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
-        np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-6)
-    history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in history[1:]] == ["0", "1", "2"]
+    history = killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, "pskd")
+    assert len(history) == 4
 
 
 # -- (c) two replicas -------------------------------------------------------------------------
-
-
-def tf_stream(batches):
-    import tensorflow as tf
-
-    stream = None
-    for batch in batches:
-        one = tf.data.Dataset.from_tensors(batch)
-        stream = one if stream is None else stream.concatenate(one)
-    return stream
 
 
 @tensorflow_only("tf.distribute.MirroredStrategy")
