@@ -388,15 +388,24 @@ def _duration(seconds: float) -> str:
 def _cancel(ray, pending: dict) -> None:
     """Cancels the tasks (killing their workers and so their ``train.py``); notes it in the logs
     of the cells that had started."""
-    for ref in pending:
+    import threading
+
+    def cancel_all():
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
         try:
-            ray.cancel(ref, force=True)
+            ray.wait(list(pending), num_returns=len(pending), timeout=10)
         except Exception:
             pass
-    try:
-        ray.wait(list(pending), num_returns=len(pending), timeout=10)
-    except Exception:
-        pass
+
+    # Bounded: a cancel that does not return (seen once, under load) must not keep the driver
+    # alive; when the driver exits, Ray ends the tasks it owns anyway.
+    canceller = threading.Thread(target=cancel_all, daemon=True)
+    canceller.start()
+    canceller.join(timeout=20)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     for _, cell, size in pending.values():
         log = cell.output_dir / grid.LOG_FILE

@@ -315,7 +315,7 @@ def test_ctrl_c_cancels_the_running_cells_and_the_next_start_goes_on(tmp_path, r
         time.sleep(0.5)
         pids = [json.loads(path.read_text())["pid"] for path in started if path.exists()]
         driver.send_signal(signal.SIGINT)
-        output, _ = driver.communicate(timeout=60)
+        output, _ = driver.communicate(timeout=120)
     finally:
         if driver.poll() is None:
             driver.kill()
