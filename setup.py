@@ -48,6 +48,9 @@ setup(
         # this version on Python 3.11. Plain `ray`: `ray start` and tasks need nothing of
         # ray[default] (the dashboard and its web-server packages).
         "cluster": ["ray==2.60.0"],
+        # Text classifiers (GLUE, P section 4.2): KerasHub models and their tokenizers
+        # (keras-hub pulls tensorflow-text).
+        "text": ["keras-hub==0.32.0"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
