@@ -249,18 +249,21 @@ def _local_folder(info: GlueTask, data_dir, looked: list[str]) -> pathlib.Path |
 
 
 def _read_tsv(path: pathlib.Path, info: GlueTask) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """Reads one official file: split on tabs only, so quote characters stay text."""
-    layout = _LAYOUTS[info.name]
+    """Reads one official file line by line (MNLI's train file is hundreds of megabytes)."""
     try:
         # utf-8-sig: a byte-order mark is not part of the first column's name;
         # newline="\n": a stray carriage return inside a text is not a line end.
         with open(path, encoding="utf-8-sig", newline="\n") as file:
-            lines = file.read().split("\n")
+            return _parse_rows(path, info, (line.removesuffix("\n").removesuffix("\r")
+                                            for line in file))
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err}).") from None
-    if lines[-1] == "":
-        lines.pop()
-    rows = (line.removesuffix("\r").split("\t") for line in lines)
+
+
+def _parse_rows(path: pathlib.Path, info: GlueTask, lines) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Splits on tabs only, so quote characters stay text (never CSV quoting)."""
+    layout = _LAYOUTS[info.name]
+    rows = (line.split("\t") for line in lines)
     columns, first_line = layout.columns, 1
     if columns is None:
         columns, first_line = tuple(next(rows, [])), 2
