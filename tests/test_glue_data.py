@@ -296,7 +296,14 @@ def test_missing_file_in_a_task_folder(tmp_path):
         glue.load("rte", "dev", tmp_path)
     message = str(error.value)
     assert message.startswith(f"{tmp_path / 'RTE' / 'dev.tsv'}: no such file")
-    assert "['train.tsv']" in message and "['train.tsv', 'dev.tsv']" in message
+    assert "holds ['train.tsv'], a complete copy has ['train.tsv', 'dev.tsv']" in message
+
+
+def test_data_dir_must_be_a_folder(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\n")
+    with pytest.raises(ValueError, match=r"`data_dir` must be a folder; got the file data_dir="):
+        glue.load("sst2", "train", path)
 
 
 @pytest.mark.parametrize("task, line, bad, expected", [

@@ -219,7 +219,7 @@ def load(task: str, split: str, data_dir: str | os.PathLike | None = None
     if not path.is_file():
         present = sorted(p.name for p in folder.glob("*.tsv"))
         raise ValueError(f"{path}: no such file for task={task!r}, split={split!r}; the folder "
-                         f"holds {present}, a complete copy {_file_names(info)}.")
+                         f"holds {present}, a complete copy has {_file_names(info)}.")
     return _read_tsv(path, info)
 
 
@@ -241,6 +241,8 @@ def _local_folder(info: GlueTask, data_dir, looked: list[str]) -> pathlib.Path |
     if data_dir is None:
         return None
     root = pathlib.Path(data_dir).expanduser()
+    if root.is_file():
+        raise ValueError(f"`data_dir` must be a folder; got the file data_dir={str(root)!r}.")
     for folder in (root / info.folder, root / "glue" / info.folder):
         looked.append(f"{folder}/{{{','.join(_file_names(info))}}}")
         if any((folder / name).is_file() for name in _file_names(info)):
