@@ -12,7 +12,7 @@ KD (MrKD, MrKD-TC) and Pseudo-KD, as Keras losses and Keras model wrappers.
     BetaLSModel  Beta smoothing (Beta-LS) from a weight average of the student
     KRLSModel    Knowledge Refinery (KR-LS): a learned K x K residual label per class
     models       CIFAR networks: models.build("resnet56", num_classes=100)
-    metrics      top-k error, NLL, expected calibration error
+    metrics      top-k error, NLL, expected calibration error; the GLUE metrics
     optimizers   PyTorchSGD: SGD with weight decay as torch.optim.SGD applies it
 
 The tf.data input pipeline (``keras_softkd.data``), the experiment runner

@@ -1,4 +1,5 @@
-"""Test-set metrics from logits: top-k error, negative log-likelihood, calibration error.
+"""Test-set metrics from logits: top-k error, negative log-likelihood, calibration error;
+and the GLUE metrics (Matthews correlation, F1, accuracy) from predictions.
 
 Every function takes integer ``labels`` of shape ``(N,)`` (or ``(N, 1)``) and
 ``logits`` of shape ``(N, K)`` -- NumPy arrays or anything ``np.asarray``
@@ -19,6 +20,10 @@ and with Keras' ``accuracy``):
   empty, non-finite logits, labels of the wrong shape or length, labels that
   are not integers or are outside ``[0, K)``, ``k`` outside ``[1, K]``,
   ``bins < 1``.
+
+The GLUE metrics (:func:`matthews_correlation`, :func:`f1_score`) take integer
+``labels`` and ``predictions`` of shape ``(N,)``; :func:`glue_scores` takes
+logits and returns a task's metrics in **percent**, as the GLUE papers report them.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from keras_softkd import _checks
+from keras_softkd.data import glue
 
 __all__ = [
     "top_k_error",
@@ -36,6 +42,9 @@ __all__ = [
     "expected_calibration_error",
     "evaluate_logits",
     "teacher_summary",
+    "matthews_correlation",
+    "f1_score",
+    "glue_scores",
 ]
 
 ArrayLike = Any
@@ -212,6 +221,125 @@ def teacher_summary(logits: ArrayLike, temperature: float = 1.0) -> dict[str, fl
     }
 
 
+def matthews_correlation(labels: ArrayLike, predictions: ArrayLike) -> float:
+    """Matthews correlation coefficient, binary or multi-class, as scikit-learn defines it.
+
+    With the confusion matrix ``C`` (``C[i, j]``: examples of label ``i``
+    predicted ``j``), ``t_k`` the number of examples of label ``k``, ``p_k``
+    the number predicted ``k``, ``c = trace(C)`` the number correct and ``s = N``
+    (Gorodkin 2004; ``sklearn.metrics.matthews_corrcoef``)::
+
+        MCC = (c s - sum_k p_k t_k) / sqrt((s^2 - sum_k p_k^2) (s^2 - sum_k t_k^2))
+
+    which for two classes is ``(TP TN - FP FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN))``.
+    Where the denominator is 0 (all labels, or all predictions, one class)
+    it is 0, as in scikit-learn. A fraction in ``[-1, 1]``.
+
+    Args:
+        labels: integer labels, shape ``(N,)``, values ``>= 0``.
+        predictions: integer predicted classes, shape ``(N,)``, values ``>= 0``.
+
+    Example:
+        >>> import numpy as np
+        >>> round(matthews_correlation(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])), 6)
+        0.57735
+        >>> matthews_correlation(np.array([1, 1, 1]), np.array([1, 0, 1]))  # one label class
+        0.0
+    """
+    labels, predictions = _prepare_predictions(labels, predictions)
+    num_classes = int(max(labels.max(), predictions.max())) + 1
+    confusion = np.zeros((num_classes, num_classes), dtype=np.float64)
+    np.add.at(confusion, (labels, predictions), 1.0)
+    true_counts, predicted_counts = confusion.sum(axis=1), confusion.sum(axis=0)
+    correct, total = np.trace(confusion), float(len(labels))
+    covariance = correct * total - predicted_counts @ true_counts
+    predicted_variance = total * total - predicted_counts @ predicted_counts
+    true_variance = total * total - true_counts @ true_counts
+    if predicted_variance * true_variance == 0:
+        return 0.0
+    # One square root of the product, as scikit-learn: a perfect score is exactly 1.
+    return float(covariance / np.sqrt(predicted_variance * true_variance))
+
+
+def f1_score(labels: ArrayLike, predictions: ArrayLike) -> float:
+    """Binary F1 score of the positive class 1 (``sklearn.metrics.f1_score``'s default).
+
+    With ``TP``, ``FP``, ``FN`` the true positives, false positives and false
+    negatives of class 1, F1 is the harmonic mean of precision and recall::
+
+        F1 = 2 TP / (2 TP + FP + FN)
+
+    and 0 where the denominator is 0 (no positive labels and none predicted),
+    as scikit-learn returns. A fraction in ``[0, 1]``.
+
+    Args:
+        labels: labels 0 or 1, shape ``(N,)``.
+        predictions: predicted classes 0 or 1, shape ``(N,)``.
+
+    Example:
+        >>> import numpy as np
+        >>> f1_score(np.array([0, 1, 1, 1]), np.array([1, 1, 1, 0]))  # TP 2, FP 1, FN 1
+        0.6666666666666666
+        >>> f1_score(np.array([1, 0]), np.array([0, 0]))  # no positives predicted
+        0.0
+    """
+    labels, predictions = _prepare_predictions(labels, predictions)
+    if max(labels.max(), predictions.max()) > 1:
+        raise ValueError(
+            "`labels` and `predictions` must be 0 or 1 for the binary F1 score; got values up "
+            f"to {max(labels.max(), predictions.max())}."
+        )
+    true_positives = float(np.sum((labels == 1) & (predictions == 1)))
+    wrong = float(np.sum(labels != predictions))  # FP + FN
+    if true_positives + wrong == 0:
+        return 0.0
+    return 2 * true_positives / (2 * true_positives + wrong)
+
+
+def glue_scores(task: str, labels: ArrayLike, logits: ArrayLike) -> dict[str, float]:
+    """A GLUE task's metrics from logits, in percent, as the Pseudo-KD paper reports them.
+
+    The prediction is ``argmax(logits)`` (ties to the lower index, as in
+    :func:`top_k_error`). The keys are ``GLUE_TASKS[task].metrics``, the
+    headline first: ``matthews_correlation`` (CoLA, :func:`matthews_correlation`);
+    ``f1`` (:func:`f1_score`) and ``accuracy`` (MRPC, QQP); ``accuracy``
+    (SST-2, MNLI, QNLI, RTE). Each value is ``100 x`` the fraction.
+
+    Args:
+        task: a name of :data:`keras_softkd.data.GLUE_TASKS` (``"cola"``, ...).
+        labels: integer labels, shape ``(N,)`` or ``(N, 1)``, in TFDS' order.
+        logits: shape ``(N, K)`` with ``K`` the task's number of classes.
+
+    Example:
+        >>> import numpy as np
+        >>> logits = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [2.0, 0.0]])
+        >>> glue_scores("mrpc", np.array([0, 1, 1, 1]), logits)
+        {'f1': 80.0, 'accuracy': 75.0}
+        >>> round(glue_scores("cola", np.array([0, 1, 1, 1]), logits)["matthews_correlation"], 4)
+        57.735
+    """
+    info = glue.get(task)
+    labels, logits = _prepare(labels, logits)
+    if logits.shape[1] != info.num_classes:
+        raise ValueError(
+            f"`logits` must have {info.num_classes} columns for task={task!r} "
+            f"({list(info.label_names)}); got shape {logits.shape}."
+        )
+    predictions = np.argmax(logits, axis=1)
+    return {name: 100.0 * _GLUE_METRICS[name](labels, predictions) for name in info.metrics}
+
+
+def _accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    return float(np.mean(labels == predictions))
+
+
+_GLUE_METRICS = {
+    "matthews_correlation": matthews_correlation,
+    "f1": f1_score,
+    "accuracy": _accuracy,
+}
+
+
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
@@ -270,3 +398,22 @@ def _prepare(labels: ArrayLike, logits: ArrayLike) -> tuple[np.ndarray, np.ndarr
         )
     return labels.astype(np.int64), logits
 
+
+def _prepare_predictions(labels: ArrayLike, predictions: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Checks and converts to two int64 arrays of shape ``(N,)``, ``N >= 1``, values ``>= 0``."""
+    arrays = []
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        values = np.asarray(values)
+        if values.ndim != 1 or values.size == 0:
+            raise ValueError(f"`{name}` must have shape (N,) with N >= 1; got shape {values.shape}.")
+        if values.dtype == bool or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"`{name}` must be integers; got dtype {values.dtype}.")
+        if values.min() < 0:
+            raise ValueError(f"`{name}` must be >= 0; got {values.min()}.")
+        arrays.append(values.astype(np.int64))
+    if arrays[0].shape != arrays[1].shape:
+        raise ValueError(
+            f"`labels` and `predictions` must have the same shape; got {arrays[0].shape} and "
+            f"{arrays[1].shape}."
+        )
+    return arrays[0], arrays[1]

@@ -10,6 +10,9 @@
   ``keras.utils.PyDataset`` in NumPy, for the JAX and PyTorch backends without
   TensorFlow; :func:`training_input` and :func:`evaluation_input` choose by backend.
 * :func:`split_validation`, :func:`take_subset` -- seeded subsets.
+* :mod:`~keras_softkd.data.glue` and :data:`GLUE_TASKS` -- the seven GLUE text
+  tasks of the Pseudo-KD paper: ``glue.load("rte", "dev", data_dir)`` reads the
+  official GLUE files or TensorFlow Datasets.
 
 A package rather than one ``data.py``: reading files, the safe unpickler, the
 augmentation pipelines and subsetting are separate jobs. Only the tf.data
@@ -28,6 +31,8 @@ Example:
 
 import importlib
 
+from keras_softkd.data import glue
+from keras_softkd.data.glue import GLUE_TASKS, GlueTask
 from keras_softkd.data.info import DATASETS, DatasetInfo
 from keras_softkd.data.py_dataset import (
     TRAINING_INPUTS,
@@ -68,6 +73,8 @@ __all__ = [
     "DATASETS",
     "DatasetInfo",
     "EvalPyDataset",
+    "GLUE_TASKS",
+    "GlueTask",
     "SPLITS",
     "TRAINING_INPUTS",
     "TrainPairsPyDataset",
@@ -75,6 +82,7 @@ __all__ = [
     "augment_batch",
     "eval_dataset",
     "evaluation_input",
+    "glue",
     "load",
     "normalize",
     "split_validation",

@@ -299,7 +299,7 @@ def _load_tfds(info, split, data_dir, looked):
             f"No local {info.name} files found (looked for: {', '.join(looked) or 'nothing'}) and "
             "tensorflow-datasets is not installed: `pip install tensorflow-datasets`."
         ) from err
-    _fail_fast_offline(tfds, info, split, data_dir, looked)
+    _fail_fast_offline(info, split, data_dir)
     try:
         # Batches of 10000 concatenated, not ``batch_size=-1``: the latter
         # takes the size from the split's metadata, which ``tfds.testing.mock_data``
@@ -326,30 +326,54 @@ def _load_tfds(info, split, data_dir, looked):
     return _validated(x, y, info, f"tfds:{info.tfds_name}/{split}")
 
 
-def _fail_fast_offline(tfds, info, split, data_dir, looked) -> None:
-    """Raises at once where TFDS would download but the download host is unreachable.
-
-    Without this, TFDS retries for minutes offline and leaves a temporary folder.
-    """
-    absl_logger = logging.getLogger("absl")  # "Variant folder ... has no dataset_info.json"
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        builder = tfds.builder(info.tfds_name, data_dir=None if data_dir is None else str(data_dir))
-        if builder.is_prepared():
-            return
-        host = urllib.parse.urlparse(builder.info.homepage).hostname
-    finally:
-        absl_logger.setLevel(level)
-    problem = _unreachable(host)
+def _fail_fast_offline(info, split, data_dir) -> None:
+    """Raises at once where TFDS would download but the download host is unreachable."""
+    problem = download_blocked(info.tfds_name, data_dir)
     if problem is None:
         return
     where = "data_dir=None" if data_dir is None else f"data_dir={str(data_dir)!r}"
     raise FileNotFoundError(
         f"no local {info.name} {split!r} files in {where} and TensorFlow Datasets cannot download "
-        f"{info.tfds_name!r} ({host} unreachable: {problem}); give data_dir a folder holding one of: "
+        f"{info.tfds_name!r} ({problem}); give data_dir a folder holding one of: "
         f"{accepted_files(info.name)} (README.md, \"Data\")."
     )
+
+
+def download_blocked(tfds_name: str, data_dir: str | os.PathLike | None,
+                     host: str | None = None) -> str | None:
+    """Why TensorFlow Datasets cannot download ``tfds_name`` now, in a few words; None if it may try.
+
+    None where the data is already prepared in ``data_dir`` (TFDS' default
+    folder for ``None``) or the download host answers on port 443 within 5 s.
+    Call it before ``tfds.load``: offline, TFDS retries for minutes and leaves
+    a temporary folder behind.
+
+    Args:
+        tfds_name: the TFDS builder, ``"cifar10"`` or ``"glue/rte"``.
+        data_dir: the folder TFDS would prepare the data in.
+        host: the host TFDS downloads from; ``None``: the builder's homepage's host.
+
+    Example:
+        >>> import tempfile
+        >>> from keras_softkd.data import sources
+        >>> problem = sources.download_blocked("cifar10", tempfile.mkdtemp(), host="host.invalid")
+        >>> problem.startswith("host.invalid unreachable: ")
+        True
+    """
+    import tensorflow_datasets as tfds
+
+    absl_logger = logging.getLogger("absl")  # "Variant folder ... has no dataset_info.json"
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        builder = tfds.builder(tfds_name, data_dir=None if data_dir is None else str(data_dir))
+        if builder.is_prepared():
+            return None
+        host = host or urllib.parse.urlparse(builder.info.homepage).hostname
+    finally:
+        absl_logger.setLevel(level)
+    problem = _unreachable(host)
+    return None if problem is None else f"{host} unreachable: {problem}"
 
 
 def accepted_files(dataset: str) -> str:
