@@ -302,7 +302,7 @@ def glue_scores(task: str, labels: ArrayLike, logits: ArrayLike) -> dict[str, fl
     The prediction is ``argmax(logits)`` (ties to the lower index, as in
     :func:`top_k_error`). The keys are ``GLUE_TASKS[task].metrics``, the
     headline first: ``matthews_correlation`` (CoLA, :func:`matthews_correlation`);
-    ``f1`` (:func:`f1_score`) and ``accuracy`` (MRPC, QQP); ``accuracy``
+    ``accuracy`` and ``f1`` (:func:`f1_score`) (MRPC, QQP); ``accuracy``
     (SST-2, MNLI, QNLI, RTE). Each value is ``100 x`` the fraction.
 
     Args:
@@ -314,7 +314,7 @@ def glue_scores(task: str, labels: ArrayLike, logits: ArrayLike) -> dict[str, fl
         >>> import numpy as np
         >>> logits = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [2.0, 0.0]])
         >>> glue_scores("mrpc", np.array([0, 1, 1, 1]), logits)
-        {'f1': 80.0, 'accuracy': 75.0}
+        {'accuracy': 75.0, 'f1': 80.0}
         >>> round(glue_scores("cola", np.array([0, 1, 1, 1]), logits)["matthews_correlation"], 4)
         57.735
     """
