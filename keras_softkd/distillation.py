@@ -17,6 +17,13 @@ Because the loss lives in ``compute_loss``, Keras's own ``train_step`` and
 ``test_step`` do the rest: ``fit``, ``evaluate``, callbacks, mixed precision
 (loss scaling) and metrics work as for a plain model.
 
+A student that carries a ``preprocessor`` (a KerasHub ``TextClassifier``) takes
+raw inputs, strings or pairs of strings, in ``fit``, ``evaluate`` and
+``predict``: the wrapper maps the preprocessor over the input pipeline
+(:class:`keras_softkd.preprocessing.RawInputs`). A ``KDModel`` teacher with a
+preprocessor of its own gets its own tokens: the wrapper's inputs are then
+``{"student": ..., "teacher": ...}``.
+
 * **Training** (``fit``): the distillation loss, and the teacher diagnostics in
   the logs (so in ``history.csv``, TensorBoard and the progress line):
   ``teacher_accuracy`` (the teachers' top-1 accuracy on the training batches),
@@ -41,9 +48,10 @@ from keras import ops
 from keras_softkd import _checks, losses
 from keras_softkd.losses import KDLoss
 from keras_softkd.precision import TeacherNetwork
+from keras_softkd.preprocessing import RawInputs, has_preprocessor, preprocess
 
 
-class Distiller(keras.Model):
+class Distiller(RawInputs, keras.Model):
     """Base class: a student trained with ``KDLoss`` against ``teacher_logits(x)``.
 
     The loss is ``(1-a) CE(p, q(1)) + a t^power (1/n) sum_i KL(qT_i(t) || q(t))``
@@ -85,6 +93,15 @@ class Distiller(keras.Model):
     def student(self) -> keras.Model:
         """The model being trained (save this one for deployment)."""
         return self.model
+
+    @property
+    def preprocessor(self):
+        """The student's preprocessor (a KerasHub task's), or ``None``."""
+        return getattr(self.model, "preprocessor", None)
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        """Raw inputs to the wrapper's inputs, in the input pipeline (see ``RawInputs``)."""
+        return preprocess(self.model, x, y, sample_weight)
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
@@ -246,8 +263,25 @@ class KDModel(Distiller):
         self.teacher = teacher
         self.teacher_precision = teacher_precision
         self._teacher_network = TeacherNetwork(teacher, teacher_precision)
+        # The teacher tokenizes the raw inputs itself: inputs {"student": ..., "teacher": ...}.
+        self._teacher_tokens = has_preprocessor(model) and has_preprocessor(teacher)
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        if not self._teacher_tokens:
+            return super().preprocess_samples(x, y, sample_weight)
+        student, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
+            preprocess(self.model, x, y, sample_weight)
+        )
+        teacher = keras.utils.unpack_x_y_sample_weight(preprocess(self.teacher, x))[0]
+        inputs = {"student": student, "teacher": teacher}
+        return keras.utils.pack_x_y_sample_weight(inputs, y, sample_weight)
+
+    def call(self, inputs, training=False):
+        return super().call(inputs["student"] if self._teacher_tokens else inputs, training)
 
     def teacher_logits(self, inputs):
+        if self._teacher_tokens:
+            inputs = inputs["teacher"]
         if self.teacher_precision == "same":
             return self.teacher(inputs, training=False)
         return self._teacher_network.logits(
