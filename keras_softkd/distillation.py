@@ -20,9 +20,9 @@ Because the loss lives in ``compute_loss``, Keras's own ``train_step`` and
 A student that carries a ``preprocessor`` (a KerasHub ``TextClassifier``) takes
 raw inputs, strings or pairs of strings, in ``fit``, ``evaluate`` and
 ``predict``: the wrapper maps the preprocessor over the input pipeline
-(:class:`keras_softkd.preprocessing.RawInputs`). A ``KDModel`` teacher with a
-preprocessor of its own gets its own tokens: the wrapper's inputs are then
-``{"student": ..., "teacher": ...}``.
+(:class:`keras_softkd.preprocessing.RawInputs`). A ``KDModel`` teacher whose
+preprocessor differs from the student's (another tokenizer) gets its own tokens:
+the wrapper's inputs are then ``{"student": ..., "teacher": ...}``.
 
 * **Training** (``fit``): the distillation loss, and the teacher diagnostics in
   the logs (so in ``history.csv``, TensorBoard and the progress line):
@@ -48,7 +48,12 @@ from keras import ops
 from keras_softkd import _checks, losses
 from keras_softkd.losses import KDLoss
 from keras_softkd.precision import TeacherNetwork
-from keras_softkd.preprocessing import RawInputs, has_preprocessor, preprocess
+from keras_softkd.preprocessing import (
+    RawInputs,
+    has_preprocessor,
+    preprocess,
+    same_preprocessing,
+)
 
 
 class Distiller(RawInputs, keras.Model):
@@ -263,8 +268,13 @@ class KDModel(Distiller):
         self.teacher = teacher
         self.teacher_precision = teacher_precision
         self._teacher_network = TeacherNetwork(teacher, teacher_precision)
-        # The teacher tokenizes the raw inputs itself: inputs {"student": ..., "teacher": ...}.
-        self._teacher_tokens = has_preprocessor(model) and has_preprocessor(teacher)
+        # A teacher with preprocessing of its own gets its own tokens of the raw inputs: the
+        # inputs are then {"student": ..., "teacher": ...}.
+        self._teacher_tokens = (
+            has_preprocessor(model)
+            and has_preprocessor(teacher)
+            and not same_preprocessing(model.preprocessor, teacher.preprocessor)
+        )
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         if not self._teacher_tokens:

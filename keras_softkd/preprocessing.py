@@ -45,6 +45,28 @@ def preprocess(model, x, y=None, sample_weight=None):
     return model.preprocess_samples(x, y, sample_weight)
 
 
+def same_preprocessing(first, second) -> bool:
+    """Whether two KerasHub preprocessors make the same model inputs of any raw input: the same
+    classes, settings (``sequence_length``...), vocabulary and merges. DistilRoBERTa and
+    RoBERTa-large, say: a teacher with the student's preprocessing needs no tokens of its own."""
+
+    def settings(layer) -> dict:
+        config = dict(layer.get_config())
+        for key in ("name", "tokenizer", "trainable"):
+            config.pop(key, None)
+        return config
+
+    tokenizers = first.tokenizer, second.tokenizer
+    return (
+        type(first) is type(second)
+        and type(tokenizers[0]) is type(tokenizers[1])
+        and settings(first) == settings(second)
+        and settings(tokenizers[0]) == settings(tokenizers[1])
+        and tokenizers[0].get_vocabulary() == tokenizers[1].get_vocabulary()
+        and getattr(tokenizers[0], "merges", None) == getattr(tokenizers[1], "merges", None)
+    )
+
+
 def text_input(dataset: tf.data.Dataset, model) -> tf.data.Dataset:
     """Maps ``model.preprocess_samples`` over a batched ``dataset`` of ``(raw inputs, labels[,
     sample weights])``, in parallel, prefetched: the inputs ``model.fit`` (or ``evaluate``,

@@ -93,6 +93,19 @@ def test_kd_from_a_bigger_teacher_with_its_own_tokenizer():
     assert trainer.predict(x[:5], verbose=0).shape == (5, 2)
 
 
+def test_a_teacher_that_preprocesses_as_the_student_shares_its_tokens():
+    x = tf.constant(toy_texts(8)[0])
+    teacher = roberta_classifier("teacher")
+    trainer = KDModel(roberta_classifier("student"), teacher)
+    inputs = trainer.preprocess_samples(x)
+    assert set(inputs) == {"token_ids", "padding_mask"}
+    np.testing.assert_allclose(
+        trainer.teacher_logits(inputs), teacher(teacher.preprocessor(x)), rtol=1e-6
+    )
+    shorter = KDModel(roberta_classifier("student", sequence_length=8), teacher)
+    assert set(shorter.preprocess_samples(x)) == {"student", "teacher"}
+
+
 class _Weights(keras.callbacks.Callback):
     """The student's weights after every training step."""
 

@@ -18,12 +18,14 @@ Presets are downloaded once by KerasHub (kagglehub or huggingface_hub) into
 their caches. Offline, a preset that is not cached fails at once with one line
 (KerasHub's own download would retry for minutes on some networks).
 
-KerasHub is an optional dependency (``pip install keras-softkd[text]``), imported
-on first use. Importing it here also gives KerasHub classifiers the
-``compile_from_config`` that Keras expects of a model with a custom ``compile``
-(:func:`keep_compile_on_load`): without it, ``keras.models.load_model`` returns
-a KerasHub classifier compiled with KerasHub's default loss, not the one it was
-saved with (``PseudoKDLoss``...).
+KerasHub is an optional dependency (``pip install keras-softkd[text]``):
+``import keras_softkd`` does not import it, and without it this module imports
+and its functions raise one line naming the extra. Importing this module gives
+KerasHub classifiers the ``compile_from_config`` that Keras expects of a model
+with a custom ``compile`` (:func:`keep_compile_on_load`): without it,
+``keras.models.load_model`` returns a KerasHub classifier compiled with
+KerasHub's default loss, not the one it was saved with (``PseudoKDLoss``...).
+So import ``keras_softkd.models.text`` before loading such a model.
 
 Example:
     >>> from keras_softkd.models.text import build_text_classifier
@@ -76,8 +78,7 @@ def keep_compile_on_load(module=None) -> None:
     compiled it with (``SparseCategoricalCrossentropy``) and an unbuilt optimizer
     (its saved state is dropped). This method compiles with the saved
     configuration, as Keras does for a model without a custom ``compile``. It steps
-    aside once KerasHub defines its own. Idempotent; every function of this module
-    calls it, so call it yourself only to load a classifier before using any.
+    aside once KerasHub defines its own. Idempotent; importing this module applies it.
 
     Example:
         >>> keep_compile_on_load()
@@ -242,3 +243,9 @@ def _download_host(handle: str) -> tuple[Optional[str], bool]:
         cached = huggingface_hub.try_to_load_from_cache(repo, "config.json")
         return constants.ENDPOINT.split("://")[-1].split("/")[0], isinstance(cached, str)
     return None, False
+
+
+try:  # importing this module is enough for keras.models.load_model to keep a classifier's loss
+    keep_compile_on_load()
+except ImportError:  # no KerasHub: the functions above say what to install
+    pass
