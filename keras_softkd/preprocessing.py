@@ -90,11 +90,17 @@ def has_strings(data) -> bool:
     that still need the preprocessor (already preprocessed data holds token ids)."""
     if isinstance(data, tf.data.Dataset):
         return any(spec.dtype == tf.string for spec in tf.nest.flatten(data.element_spec))
-    leaves = [leaf for leaf in tf.nest.flatten(data) if leaf is not None]
-    return any(
-        leaf.dtype == tf.string if tf.is_tensor(leaf) else np.asarray(leaf).dtype.kind in "USO"
-        for leaf in leaves
-    )
+    return any(_is_text(leaf) for leaf in tf.nest.flatten(data))
+
+
+def _is_text(leaf) -> bool:
+    if isinstance(leaf, (str, bytes)):
+        return True
+    if tf.is_tensor(leaf):
+        return leaf.dtype == tf.string
+    if isinstance(leaf, np.ndarray) and leaf.size:
+        return leaf.dtype.kind in "US" or isinstance(leaf.flat[0], (str, bytes))
+    return False
 
 
 def _batched(x, y, sample_weight, batch_size, shuffle: bool) -> tf.data.Dataset:
@@ -120,14 +126,16 @@ class RawInputs:
 
     Arrays are batched by ``batch_size`` (default 32) and, for ``fit`` with
     ``shuffle=True`` (Keras's default), shuffled every epoch; a ``tf.data.Dataset``
-    is mapped as it is (shuffle and batch it first).
+    is mapped as it is (shuffle and batch it first). Pass the arguments after
+    ``batch_size`` by keyword, as Keras's examples do.
     """
 
     def _raw(self, data) -> bool:
         return has_preprocessor(self) and has_strings(data)
 
     def fit(
-        self, x=None, y=None, batch_size=None, sample_weight=None, validation_data=None, **kwargs
+        self, x=None, y=None, batch_size=None, *, sample_weight=None, validation_data=None,
+        **kwargs,
     ):
         if self._raw(validation_data):
             if not isinstance(validation_data, tf.data.Dataset):
@@ -145,7 +153,7 @@ class RawInputs:
         x = text_input(_batched(x, y, sample_weight, batch_size, shuffle), self)
         return super().fit(x, validation_data=validation_data, shuffle=False, **kwargs)
 
-    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+    def evaluate(self, x=None, y=None, batch_size=None, *, sample_weight=None, **kwargs):
         if not self._raw(x) or kwargs.get("_use_cached_eval_dataset", False):
             return super().evaluate(x, y, batch_size, sample_weight=sample_weight, **kwargs)
         x = text_input(_batched(x, y, sample_weight, batch_size, shuffle=False), self)
