@@ -277,21 +277,30 @@ class KDModel(Distiller):
         )
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
-        if not self._teacher_tokens:
+        """Raw inputs to the wrapper's: the student's tokens, and the teacher's own tokens when
+        it preprocesses otherwise, or the teacher's logits when ``x`` carries them
+        (:func:`keras_softkd.preprocessing.with_teacher_logits`)."""
+        precomputed = isinstance(x, dict) and "teacher_logits" in x
+        if not (precomputed or self._teacher_tokens):
             return super().preprocess_samples(x, y, sample_weight)
+        raw = x["raw"] if precomputed else x
         student, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
-            preprocess(self.model, x, y, sample_weight)
+            preprocess(self.model, raw, y, sample_weight)
         )
-        teacher = keras.utils.unpack_x_y_sample_weight(preprocess(self.teacher, x))[0]
-        inputs = {"student": student, "teacher": teacher}
+        if precomputed:
+            inputs = {"student": student, "teacher_logits": x["teacher_logits"]}
+        else:
+            teacher = keras.utils.unpack_x_y_sample_weight(preprocess(self.teacher, raw))[0]
+            inputs = {"student": student, "teacher": teacher}
         return keras.utils.pack_x_y_sample_weight(inputs, y, sample_weight)
 
     def call(self, inputs, training=False):
-        return super().call(inputs["student"] if self._teacher_tokens else inputs, training)
+        return super().call(_part(inputs, "student", inputs), training)
 
     def teacher_logits(self, inputs):
-        if self._teacher_tokens:
-            inputs = inputs["teacher"]
+        if _part(inputs, "teacher_logits") is not None:
+            return inputs["teacher_logits"]
+        inputs = _part(inputs, "teacher", inputs)
         if self.teacher_precision == "same":
             return self.teacher(inputs, training=False)
         return self._teacher_network.logits(
@@ -311,3 +320,9 @@ class KDModel(Distiller):
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         return cls(**config)
+
+
+def _part(inputs, key: str, default=None):
+    """``inputs[key]`` of the wrapper's inputs ``{"student": ..., "teacher": ...}`` (a model's
+    own inputs never use these keys), or ``default``."""
+    return inputs[key] if isinstance(inputs, dict) and key in inputs else default

@@ -14,6 +14,12 @@ step. A student without a ``preprocessor`` (the CIFAR networks) is untouched.
 (the experiment's): it takes a batched dataset of ``(texts, labels)`` and a
 wrapper or a KerasHub task, and returns the dataset of model inputs.
 
+``KDModel``'s fixed teacher runs in the training step on its own tokens (or the
+student's, when :func:`same_preprocessing`), which works for any dataset; or,
+with :func:`with_teacher_logits`, once over the training set before training
+(text has no augmentation, so its logits never change): faster whenever the
+teacher's forward pass is not negligible beside the student's training step.
+
 Example:
     >>> import numpy as np, tensorflow as tf
     >>> from keras_softkd.preprocessing import text_input
@@ -101,6 +107,34 @@ def _is_text(leaf) -> bool:
     if isinstance(leaf, np.ndarray) and leaf.size:
         return leaf.dtype.kind in "US" or isinstance(leaf.flat[0], (str, bytes))
     return False
+
+
+def with_teacher_logits(
+    dataset: tf.data.Dataset, teacher: keras.Model, batch_size: int = 64
+) -> tf.data.Dataset:
+    """The fixed teacher's logits, computed once, beside each example of ``dataset``.
+
+    For ``KDModel`` on text, where there is no augmentation: the teacher then runs once
+    over the training set instead of once per step of every epoch (a RoBERTa-large
+    forward pass costs more than a DistilRoBERTa training step).
+
+    Args:
+        dataset: unbatched ``(raw inputs, labels)``, in a fixed order (shuffle the result,
+            not this).
+        teacher: the ``KDModel``'s teacher (its ``predict`` applies its own preprocessor).
+        batch_size: the teacher's batch size.
+
+    Returns:
+        Unbatched ``({"raw": raw inputs, "teacher_logits": logits}, labels)``: shuffle and
+        batch it, then ``KDModel.fit`` it (or :func:`text_input` it).
+    """
+    raw = dataset.map(lambda x, *rest: x).batch(batch_size)
+    logits = tf.data.Dataset.from_tensor_slices(teacher.predict(raw, verbose=0))
+    return tf.data.Dataset.zip(dataset, logits).map(
+        lambda example, teacher_logits: (
+            {"raw": example[0], "teacher_logits": teacher_logits}, *example[1:]
+        )
+    )
 
 
 def _batched(x, y, sample_weight, batch_size, shuffle: bool) -> tf.data.Dataset:

@@ -21,7 +21,7 @@ pytest.importorskip("keras_hub")
 from keras_softkd import KDModel, MrKDModel, losses  # noqa: E402
 from keras_softkd.data import sources  # noqa: E402
 from keras_softkd.models import text  # noqa: E402
-from keras_softkd.preprocessing import text_input  # noqa: E402
+from keras_softkd.preprocessing import text_input, with_teacher_logits  # noqa: E402
 from text_fixtures import (  # noqa: E402
     bert_classifier,
     roberta_classifier,
@@ -104,6 +104,26 @@ def test_a_teacher_that_preprocesses_as_the_student_shares_its_tokens():
     )
     shorter = KDModel(roberta_classifier("student", sequence_length=8), teacher)
     assert set(shorter.preprocess_samples(x)) == {"student", "teacher"}
+
+
+def test_kd_on_teacher_logits_computed_once_is_kd_on_the_teacher_in_the_step():
+    x, y = toy_texts(16)
+    teacher = bert_classifier("teacher")
+    trainer = KDModel(bert_classifier("student"), teacher, alpha=0.5, temperature=2.0)
+    examples = tf.data.Dataset.from_tensor_slices((x, y))
+    precomputed = with_teacher_logits(examples, teacher, batch_size=8).batch(16)
+
+    once, labels = next(iter(text_input(precomputed, trainer)))
+    in_step, _ = next(iter(text_input(examples.batch(16), trainer)))
+
+    assert set(once) == {"student", "teacher_logits"}
+    np.testing.assert_allclose(
+        trainer.teacher_logits(once), trainer.teacher_logits(in_step), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(trainer(once), trainer(in_step))
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = trainer.fit(precomputed, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and history["teacher_accuracy"][0] >= 0
 
 
 class _Weights(keras.callbacks.Callback):
