@@ -127,6 +127,14 @@ def with_teacher_logits(
     Returns:
         Unbatched ``({"raw": raw inputs, "teacher_logits": logits}, labels)``: shuffle and
         batch it, then ``KDModel.fit`` it (or :func:`text_input` it).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> teacher = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+        >>> examples = tf.data.Dataset.from_tensor_slices((np.ones((4, 2)), np.zeros(4, "int32")))
+        >>> x, y = next(iter(with_teacher_logits(examples, teacher)))
+        >>> sorted(x), tuple(x["teacher_logits"].shape)
+        (['raw', 'teacher_logits'], (3,))
     """
     raw = dataset.map(lambda x, *rest: x).batch(batch_size)
     logits = tf.data.Dataset.from_tensor_slices(teacher.predict(raw, verbose=0))

@@ -198,9 +198,17 @@ def test_without_keras_hub_the_package_imports_and_text_says_what_to_install():
         "except ImportError as error:\n    print('ERROR:', error)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
         env={**os.environ, "KERAS_BACKEND": "tensorflow"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     expected = "ERROR: Text classifiers need KerasHub: pip install 'keras-softkd[text]'"
     assert expected in result.stdout
+
+
+def test_the_preprocessing_examples_run():
+    import doctest
+
+    from keras_softkd import preprocessing
+
+    assert doctest.testmod(preprocessing).failed == 0
