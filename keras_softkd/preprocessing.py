@@ -83,6 +83,10 @@ def text_input(dataset: tf.data.Dataset, model) -> tf.data.Dataset:
         model: a wrapper (``KDModel``, ``MrKDModel``, ...) around a KerasHub classifier, or
             the classifier itself.
 
+    Our wrappers' ``fit``, ``evaluate`` and ``predict`` take raw or mapped data alike;
+    a bare KerasHub classifier's own ones always apply its preprocessor, so give it raw
+    batches, not this function's output.
+
     Example:
         ``train = text_input(texts_and_labels.shuffle(n).batch(32), trainer)``, then
         ``trainer.fit(train, validation_data=text_input(validation, trainer))``.
