@@ -16,7 +16,9 @@ KD (MrKD, MrKD-TC) and Pseudo-KD, as Keras losses and Keras model wrappers.
     optimizers   PyTorchSGD: SGD with weight decay as torch.optim.SGD applies it
 
 The tf.data input pipeline (``keras_softkd.data``), the experiment runner
-(``keras_softkd.experiment``) and the report (``keras_softkd.report``) are
+(``keras_softkd.experiment``), the report (``keras_softkd.report``) and the
+KerasHub text classifiers (``keras_softkd.models.text``, the ``[text]`` extra;
+the wrappers above take their raw strings, ``keras_softkd.preprocessing``) are
 imported on their own.
 """
 

@@ -17,6 +17,13 @@ Because the loss lives in ``compute_loss``, Keras's own ``train_step`` and
 ``test_step`` do the rest: ``fit``, ``evaluate``, callbacks, mixed precision
 (loss scaling) and metrics work as for a plain model.
 
+A student that carries a ``preprocessor`` (a KerasHub ``TextClassifier``) takes
+raw inputs, strings or pairs of strings, in ``fit``, ``evaluate`` and
+``predict``: the wrapper maps the preprocessor over the input pipeline
+(:class:`keras_softkd.preprocessing.RawInputs`). A ``KDModel`` teacher whose
+preprocessor differs from the student's (another tokenizer) gets its own tokens:
+the wrapper's inputs are then ``{"student": ..., "teacher": ...}``.
+
 * **Training** (``fit``): the distillation loss, and the teacher diagnostics in
   the logs (so in ``history.csv``, TensorBoard and the progress line):
   ``teacher_accuracy`` (the teachers' top-1 accuracy on the training batches),
@@ -41,9 +48,15 @@ from keras import ops
 from keras_softkd import _checks, losses
 from keras_softkd.losses import KDLoss
 from keras_softkd.precision import TeacherNetwork
+from keras_softkd.preprocessing import (
+    RawInputs,
+    has_preprocessor,
+    preprocess,
+    same_preprocessing,
+)
 
 
-class Distiller(keras.Model):
+class Distiller(RawInputs, keras.Model):
     """Base class: a student trained with ``KDLoss`` against ``teacher_logits(x)``.
 
     The loss is ``(1-a) CE(p, q(1)) + a t^power (1/n) sum_i KL(qT_i(t) || q(t))``
@@ -85,6 +98,15 @@ class Distiller(keras.Model):
     def student(self) -> keras.Model:
         """The model being trained (save this one for deployment)."""
         return self.model
+
+    @property
+    def preprocessor(self):
+        """The student's preprocessor (a KerasHub task's), or ``None``."""
+        return getattr(self.model, "preprocessor", None)
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        """Raw inputs to the wrapper's inputs, in the input pipeline (see ``RawInputs``)."""
+        return preprocess(self.model, x, y, sample_weight)
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
@@ -246,8 +268,39 @@ class KDModel(Distiller):
         self.teacher = teacher
         self.teacher_precision = teacher_precision
         self._teacher_network = TeacherNetwork(teacher, teacher_precision)
+        # A teacher with preprocessing of its own gets its own tokens of the raw inputs: the
+        # inputs are then {"student": ..., "teacher": ...}.
+        self._teacher_tokens = (
+            has_preprocessor(model)
+            and has_preprocessor(teacher)
+            and not same_preprocessing(model.preprocessor, teacher.preprocessor)
+        )
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        """Raw inputs to the wrapper's: the student's tokens, and the teacher's own tokens when
+        it preprocesses otherwise, or the teacher's logits when ``x`` carries them
+        (:func:`keras_softkd.preprocessing.with_teacher_logits`)."""
+        precomputed = isinstance(x, dict) and "teacher_logits" in x
+        if not (precomputed or self._teacher_tokens):
+            return super().preprocess_samples(x, y, sample_weight)
+        raw = x["raw"] if precomputed else x
+        student, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
+            preprocess(self.model, raw, y, sample_weight)
+        )
+        if precomputed:
+            inputs = {"student": student, "teacher_logits": x["teacher_logits"]}
+        else:
+            teacher = keras.utils.unpack_x_y_sample_weight(preprocess(self.teacher, raw))[0]
+            inputs = {"student": student, "teacher": teacher}
+        return keras.utils.pack_x_y_sample_weight(inputs, y, sample_weight)
+
+    def call(self, inputs, training=False):
+        return super().call(_part(inputs, "student", inputs), training)
 
     def teacher_logits(self, inputs):
+        if _part(inputs, "teacher_logits") is not None:
+            return inputs["teacher_logits"]
+        inputs = _part(inputs, "teacher", inputs)
         if self.teacher_precision == "same":
             return self.teacher(inputs, training=False)
         return self._teacher_network.logits(
@@ -267,3 +320,9 @@ class KDModel(Distiller):
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         return cls(**config)
+
+
+def _part(inputs, key: str, default=None):
+    """``inputs[key]`` of the wrapper's inputs ``{"student": ..., "teacher": ...}`` (a model's
+    own inputs never use these keys), or ``default``."""
+    return inputs[key] if isinstance(inputs, dict) and key in inputs else default
