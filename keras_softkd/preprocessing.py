@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+# TensorFlow (tf.data, tf.string) is imported where raw inputs are handled, never at import:
+# the wrappers import this module, and on JAX and PyTorch they run without TensorFlow.
 
 
 def has_preprocessor(model) -> bool:
@@ -73,7 +75,7 @@ def same_preprocessing(first, second) -> bool:
     )
 
 
-def text_input(dataset: tf.data.Dataset, model) -> tf.data.Dataset:
+def text_input(dataset: "tf.data.Dataset", model) -> "tf.data.Dataset":
     """Maps ``model.preprocess_samples`` over a batched ``dataset`` of ``(raw inputs, labels[,
     sample weights])``, in parallel, prefetched: the inputs ``model.fit`` (or ``evaluate``,
     ``predict``) takes.
@@ -91,6 +93,8 @@ def text_input(dataset: tf.data.Dataset, model) -> tf.data.Dataset:
         ``train = text_input(texts_and_labels.shuffle(n).batch(32), trainer)``, then
         ``trainer.fit(train, validation_data=text_input(validation, trainer))``.
     """
+    import tensorflow as tf
+
     mapped = dataset.map(model.preprocess_samples, num_parallel_calls=tf.data.AUTOTUNE)
     return mapped.prefetch(tf.data.AUTOTUNE)
 
@@ -98,12 +102,16 @@ def text_input(dataset: tf.data.Dataset, model) -> tf.data.Dataset:
 def has_strings(data) -> bool:
     """Whether ``data`` (arrays, nested, or a ``tf.data.Dataset``) holds strings: raw inputs
     that still need the preprocessor (already preprocessed data holds token ids)."""
+    import tensorflow as tf
+
     if isinstance(data, tf.data.Dataset):
         return any(spec.dtype == tf.string for spec in tf.nest.flatten(data.element_spec))
     return any(_is_text(leaf) for leaf in tf.nest.flatten(data))
 
 
 def _is_text(leaf) -> bool:
+    import tensorflow as tf
+
     if isinstance(leaf, (str, bytes)):
         return True
     if tf.is_tensor(leaf):
@@ -114,8 +122,8 @@ def _is_text(leaf) -> bool:
 
 
 def with_teacher_logits(
-    dataset: tf.data.Dataset, teacher: keras.Model, batch_size: int = 64
-) -> tf.data.Dataset:
+    dataset: "tf.data.Dataset", teacher: keras.Model, batch_size: int = 64
+) -> "tf.data.Dataset":
     """The fixed teacher's logits, computed once, beside each example of ``dataset``.
 
     For ``KDModel`` on text, where there is no augmentation: the teacher then runs once
@@ -140,6 +148,8 @@ def with_teacher_logits(
         >>> sorted(x), tuple(x["teacher_logits"].shape)
         (['raw', 'teacher_logits'], (3,))
     """
+    import tensorflow as tf
+
     raw = dataset.map(lambda x, *rest: x).batch(batch_size)
     logits = tf.data.Dataset.from_tensor_slices(teacher.predict(raw, verbose=0))
     return tf.data.Dataset.zip(dataset, logits).map(
@@ -149,8 +159,10 @@ def with_teacher_logits(
     )
 
 
-def _batched(x, y, sample_weight, batch_size, shuffle: bool) -> tf.data.Dataset:
+def _batched(x, y, sample_weight, batch_size, shuffle: bool) -> "tf.data.Dataset":
     """A batched dataset of the arrays (or a dataset given as ``x``, as it is)."""
+    import tensorflow as tf
+
     if isinstance(x, tf.data.Dataset):
         if y is not None or sample_weight is not None or batch_size is not None:
             raise ValueError(
@@ -184,6 +196,8 @@ class RawInputs:
         **kwargs,
     ):
         if self._raw(validation_data):
+            import tensorflow as tf
+
             if not isinstance(validation_data, tf.data.Dataset):
                 unpacked = keras.utils.unpack_x_y_sample_weight(validation_data)
                 validation_data = _batched(*unpacked, batch_size, shuffle=False)
