@@ -141,7 +141,7 @@ def with_teacher_logits(
         batch it, then ``KDModel.fit`` it (or :func:`text_input` it).
 
     Example:
-        >>> import keras, numpy as np
+        >>> import keras, numpy as np, tensorflow as tf
         >>> teacher = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
         >>> examples = tf.data.Dataset.from_tensor_slices((np.ones((4, 2)), np.zeros(4, "int32")))
         >>> x, y = next(iter(with_teacher_logits(examples, teacher)))
