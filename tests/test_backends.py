@@ -36,24 +36,55 @@ FILES = [
 ]
 
 
+BACKENDS = ("jax", "torch")
+TIMEOUT = 900  # seconds, for each backend's run (about 4 min for JAX, 2 for PyTorch, on 2 cores)
+
+
+@pytest.fixture(scope="module")
+def backend_runs(tmp_path_factory):
+    """Both backends' runs, started together on first use: much of each is single-threaded
+    (imports, tracing), so they overlap on the cores; each test waits for its own."""
+    folder = tmp_path_factory.mktemp("backends")
+    runs = {}
+    for backend in BACKENDS:
+        if importlib.util.find_spec(backend) is None:
+            continue
+        env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
+        command = [sys.executable, "-m", "pytest", *FILES, "-q", "-x", "-p", "no:cacheprovider"]
+        output = open(folder / f"{backend}.log", "w+")  # a file: a full pipe would stall a run
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT, text=True)
+        runs[backend] = (process, output, time.monotonic())
+    yield runs
+    for process, output, _ in runs.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        output.close()
+
+
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="run from the default (TensorFlow) suite; this process already runs one other backend",
 )
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_suite_passes_under_backend(backend):
-    if importlib.util.find_spec(backend) is None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_suite_passes_under_backend(backend, backend_runs):
+    if backend not in backend_runs:
         pytest.skip(f"{backend} is not installed (pip install -e '.[backends]')")
-    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "pytest", *FILES, "-q", "-x", "-p", "no:cacheprovider"]
-    start = time.monotonic()
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    process, output, start = backend_runs[backend]
+    try:
+        process.wait(timeout=max(1.0, start + TIMEOUT - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     elapsed = time.monotonic() - start
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    output.seek(0)
+    text = output.read()
+    summary = text.strip().splitlines()[-1] if text.strip() else ""
     print(f"KERAS_BACKEND={backend}: {summary} ({elapsed:.0f} s)")
-    assert result.returncode == 0, (
-        f"KERAS_BACKEND={backend} {' '.join(command[1:])} failed:\n"
-        f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    assert process.returncode == 0, (
+        f"KERAS_BACKEND={backend} pytest {' '.join(FILES)} failed (exit {process.returncode}; "
+        f"killed after {TIMEOUT} s if negative):\n{text[-8000:]}"
     )
 
 
