@@ -219,10 +219,9 @@ def _upgrade_precision(hyperparameters: dict) -> None:
     """A results.json written before ``--precision``: its ``mixed_precision`` (a boolean)
     read as ``precision``, and ``teacher_precision`` the only value there was (``same``), so
     its seeds share a cell with the same setting's newer runs."""
-    if "mixed_precision" in hyperparameters:
-        mixed = hyperparameters.pop("mixed_precision")
-        hyperparameters.setdefault("precision", "mixed_float16" if mixed else "float32")
-        hyperparameters.setdefault("teacher_precision", "same")
+    mixed = hyperparameters.pop("mixed_precision", False)  # older still: neither key, float32
+    hyperparameters.setdefault("precision", "mixed_float16" if mixed else "float32")
+    hyperparameters.setdefault("teacher_precision", "same")
 
 
 def read_history(run_dir: PathLike) -> dict[str, np.ndarray]:
@@ -347,6 +346,9 @@ def differences(
         | cifar10 | resnet20 | -0.50 ± 0.71 (2) |
     """
     baseline_columns = {_column(run, "method")[0] for run in runs if run.get("method") == baseline}
+    if len(baseline_columns) > 1:  # the baseline in float32 too: the others are set against it
+        baseline_columns = {_column(run, "method")[0] for run in runs
+                            if run.get("method") == baseline and not _precision_tag(run)}
     if len(baseline_columns) != 1:
         raise ValueError(
             f"`baseline` must name the method of one column; {baseline!r} has "
@@ -484,9 +486,27 @@ def _column(run: Mapping[str, Any], columns: str) -> tuple[tuple, str]:
     copies = _field(run, "copies") if "{copies}" in entry.label else None
     ablations = {name: bool(_field(run, name)) for name in entry.ablations}  # each its own column
     teacher = run.get("teacher_model") or ""  # KD from two networks: two columns (P's KD-29)
-    key = (0, METHOD_ORDER.index(method), teacher, _sort_key("copies", copies), *ablations.values())
+    precision = _precision_tag(run)  # a run in bfloat16 is a column of its own
+    key = (0, METHOD_ORDER.index(method), teacher, _sort_key("copies", copies), *ablations.values(),
+           precision)
     label = entry.label_for({"copies": copies, **ablations})
-    return key, f"{label}-{teacher}" if teacher else label
+    label = f"{label}-{teacher}" if teacher else label
+    return key, f"{label} ({precision})" if precision else label
+
+
+# How a column names a precision other than float32 (train.py's --precision and --teacher_precision).
+_PRECISION_TAGS = {"mixed_bfloat16": "bf16", "mixed_float16": "fp16", "bfloat16": "bf16"}
+
+
+def _precision_tag(run: Mapping[str, Any]) -> str:
+    """``""`` for a float32 run (runs from before ``--precision`` too), else ``"bf16"``,
+    ``"bf16 teachers"``, ``"fp16"``...: the run's column label says it."""
+    precision = _field(run, "precision") or "float32"
+    teachers = _field(run, "teacher_precision") or "same"
+    tags = [_PRECISION_TAGS.get(precision, precision)] if precision != "float32" else []
+    if teachers != "same":
+        tags.append(f"{_PRECISION_TAGS.get(teachers, teachers)} teachers")
+    return ", ".join(tags)
 
 
 def _sort_key(key: str, value: Any) -> tuple:
@@ -526,6 +546,8 @@ def _setting(run: Mapping[str, Any], exclude: set) -> dict[str, Any]:
     for key, value in (run.get("hyperparameters") or {}).items():
         if key not in _DISTILLATION_KEYS or key in used:
             setting[key] = value
+    for key in ("precision", "teacher_precision"):  # in the column's key (_precision_tag)
+        setting.pop(key, None)
     return {key: value for key, value in setting.items() if key not in exclude}
 
 

@@ -228,6 +228,28 @@ def test_differences_pair_each_method_with_the_baseline_on_the_same_seed(tmp_pat
         report.differences(runs, baseline="lsr")
 
 
+def test_runs_in_bfloat16_are_columns_of_their_own_set_against_the_float32_baseline(tmp_path):
+    """ce in float32 (one run from before --precision), ce in bf16, MrKD-3 with bf16 teachers:
+    three columns, and the differences are taken from the float32 baseline."""
+    def settings(precision="float32", teachers="same"):
+        return {"hyperparameters": {**HYPERPARAMETERS, "precision": precision,
+                                    "teacher_precision": teachers}}
+
+    made = {}
+    for seed in range(2):
+        made["ce", seed] = make_run(tmp_path, f"ce{seed}", "ce", seed,
+                                    **({"hyperparameters": HYPERPARAMETERS} if seed == 0 else settings()))
+        made["bf16", seed] = make_run(tmp_path, f"bf{seed}", "ce", seed, **settings("mixed_bfloat16"))
+        made["mrkd", seed] = make_run(tmp_path, f"mr{seed}", "mrkd", seed, **settings(teachers="bfloat16"))
+    runs = report.collect([tmp_path])
+    header, _ = parse_table(report.table(runs))
+    assert header == ["dataset", "model", "Baseline", "Baseline (bf16)", "MrKD-3 (bf16 teachers)"]
+    header, rows = parse_table(report.differences(runs))
+    assert header == ["dataset", "model", "Baseline (bf16)", "MrKD-3 (bf16 teachers)"]
+    diffs = np.array([made["bf16", s]["test_error"] - made["ce", s]["test_error"] for s in (0, 1)])
+    assert rows[0][2] == f"{100 * diffs.mean():+.2f} ± {100 * diffs.std(ddof=1):.2f} (2)"
+
+
 def test_table_all_has_three_tables_the_differences_and_the_skipped_count(sweep):
     root, made = sweep
     text = report.table_all(report.collect([root]))
@@ -405,7 +427,7 @@ def test_p_table2_rows_are_methods_with_accuracy_and_time(tmp_path, capsys):
 
 def test_results_written_before_precision_share_a_cell_with_newer_runs(tmp_path):
     """An old results.json's ``mixed_precision`` (a boolean) reads as ``precision``: a float32
-    run of then and one of now are one setting; a mixed_float16 run of then is another."""
+    run of then and one of now are one setting; a mixed_float16 run of then is another column."""
     old = {key: value for key, value in HYPERPARAMETERS.items()
            if key not in ("precision", "teacher_precision")}
     make_run(tmp_path, "old", "ce", 0, hyperparameters={**old, "mixed_precision": False})
@@ -416,5 +438,6 @@ def test_results_written_before_precision_share_a_cell_with_newer_runs(tmp_path)
     assert all("mixed_precision" not in run["hyperparameters"] for run in runs)
     assert parse_table(report.table(runs))[1][0][2].endswith("(2)")
     make_run(tmp_path, "old16", "ce", 2, hyperparameters={**old, "mixed_precision": True})
-    with pytest.raises(ValueError, match="precision='float32' vs 'mixed_float16'"):
-        report.table(report.collect([tmp_path]))
+    header, rows = parse_table(report.table(report.collect([tmp_path])))
+    assert header[2:] == ["Baseline", "Baseline (fp16)"]
+    assert rows[0][2].endswith("(2)") and rows[0][3].endswith("(1)")
