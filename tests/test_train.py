@@ -53,7 +53,7 @@ def run_train(*args, timeout=600, umask=None):
         ({"lr": 0.0}, "--lr"),
         ({"train_examples": 0}, "--train_examples"),
         ({"strategy": "tpu"}, "--strategy"),
-        ({"lr_schedule": "linear"}, "--lr_schedule"),
+        ({"lr_schedule": "exponential"}, "--lr_schedule"),
         ({"method": "lsr", "initial_weights_teach": True}, "--initial_weights_teach"),
         ({"method": "mrkd", "initial_weights_teach": "yes"}, "--initial_weights_teach"),
         ({"keep_best": True}, "--validation_fraction"),
