@@ -304,3 +304,20 @@ def test_an_uncached_preset_offline_fails_at_once(setup, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="--model=roberta_base_en.*not cached"):
         experiment.run(ExperimentConfig(dataset="rte", model="roberta_base_en",
                                         data_dir=str(setup["data"]), output_dir=str(tmp_path)))
+
+
+def test_report_and_grid_show_a_text_runs_headline(setup, teacher_run):
+    """The image side's report reads a GLUE run (its test_* are on the dev set) and shows the
+    task's headline first; the grid's one-line summary shows it too."""
+    from keras_softkd import grid, report
+
+    runs = report.collect([teacher_run])
+    text = report.table_all(runs)
+    headline = json.loads((teacher_run / "results.json").read_text())["glue_score"]
+    assert text.startswith("### GLUE dev score") and f"{headline:.2f} (1)" in text
+    assert "### Top-1 test error (%)" in text
+
+    class Cell:
+        output_dir = teacher_run
+
+    assert grid._headline(Cell()).startswith(f"dev accuracy {headline:.2f} | test error")
