@@ -293,6 +293,11 @@ class ExperimentConfig:
                 f"a text model: {', '.join(TEXT_MODELS)}, a KerasHub preset (roberta_large_en, "
                 "...) or a local preset directory."
             )
+        if self.teacher_precision != "same":
+            raise UsageError(
+                f"--teacher_precision does not apply on the text datasets (--dataset={self.dataset}): "
+                "KD's teacher runs once before training, its logits stored; leave it 'same'."
+            )
         if not methods.get(self.method).text:
             works = [name for name in METHODS if methods.get(name).text]
             raise UsageError(

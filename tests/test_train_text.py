@@ -160,16 +160,20 @@ def test_a_method_on_a_task_through_train_py(setup, method, task):
 
 
 @pytest.mark.parametrize("task,method", [("sst2", "pseudo_kd"), ("mrpc", "ce"), ("qqp", "lsr"),
-                                         ("qnli", "ce")])
+                                         ("qnli", "kd")])
 def test_every_task_format(setup, tmp_path, task, method):
+    """The other four tasks in process; KD here from the teacher's preset directory."""
     from keras_softkd import experiment
 
     out = tmp_path / task
+    teacher = {"teacher": setup["teacher"]} if method == "kd" else {}
     experiment.run(ExperimentConfig(
         method=method, dataset=task, model=setup["student"], data_dir=str(setup["data"]),
-        epochs=1, batch_size=8, lr=1e-3, sequence_length=16, output_dir=str(out),
+        epochs=1, batch_size=8, lr=1e-3, sequence_length=16, output_dir=str(out), **teacher,
     ))
     results = check_results(setup, out, task)
+    if method == "kd":
+        assert results["teacher_model"] == "bert_teacher" and "teacher_logits" in results
     if task in ("mrpc", "qqp"):
         assert set(results["glue"]["dev"]) >= {"accuracy", "f1"}
 
@@ -190,7 +194,7 @@ def test_a_scratch_model_with_subsets_and_a_held_out_split(setup, tmp_path):
     check_results(setup, out, "sst2")
 
 
-def test_a_killed_text_run_resumes_to_the_uninterrupted_result(setup, tmp_path, monkeypatch):
+def test_a_killed_text_run_resumes_to_the_uninterrupted_result(setup, tmp_path, monkeypatch, capsys):
     """Killed right after epoch 1's checkpoint, run again: the same weights and metrics as a
     run never interrupted (the batches of epoch 2 are a function of the seed and the epoch)."""
     import keras
@@ -216,7 +220,9 @@ def test_a_killed_text_run_resumes_to_the_uninterrupted_result(setup, tmp_path, 
     with pytest.raises(Killed):
         experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
     monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save)
+    capsys.readouterr()
     resumed = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
+    assert "Resuming from" in capsys.readouterr().out  # epoch 2 only, from the checkpoint
     for key in ("test_error", "test_nll", "test_ece", "glue_score"):
         assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
     a = keras.models.load_model(tmp_path / "full" / "model.keras")
@@ -274,6 +280,8 @@ def test_the_linear_schedule_warms_up_then_decays_to_zero():
     ({"dataset": "cifar10", "sequence_length": 64}, "--sequence_length"),
     ({"dataset": "rte", "model": "x", "sequence_length": 1}, "--sequence_length"),
     ({"dataset": "rte", "model": "x", "optimizer": "adam"}, "--optimizer"),
+    ({"dataset": "rte", "model": "x", "method": "kd", "teacher": "t.keras",
+      "teacher_precision": "bfloat16"}, "--teacher_precision"),
 ])
 def test_wrong_pairings_and_settings_name_the_flag(overrides, flag):
     with pytest.raises(UsageError, match=flag.replace("-", r"\-")):
