@@ -4,6 +4,11 @@ r"""Train one configuration of the papers' experiments and write results.json.
     python train.py --method=mrkd_tc --gamma=0.25 --model=resnet56 --dataset=cifar100 \
         --data_dir=/path/to/data --output_dir=runs/resnet56_mrkd3_tc
 
+A GLUE task (P section 4.2) takes a text model, AdamW and the linear warm-up schedule:
+
+    python train.py --method=pseudo_kd --dataset=rte --model=distil_roberta_base_en \
+        --batch_size=16 --lr=2e-5 --data_dir=/path/to/glue --output_dir=runs/rte_pseudo_kd
+
 Presets live in flags/ (``python train.py --flagfile=flags/quickstart.flags``).
 Hyper-parameters left unset take the papers' defaults for the method and
 dataset (keras_softkd/methods.py, the method table). A run started again with the same
@@ -164,7 +169,8 @@ def main(argv):
     )
     print(
         f"{glue}test error {100 * results['test_error']:.2f}% | NLL {results['test_nll']:.4f} | "
-        f"ECE {100 * results['test_ece']:.2f}% | {results['images_per_second'] or 0:.0f} images/s | "
+        f"ECE {100 * results['test_ece']:.2f}% | {results['images_per_second'] or 0:.0f} "
+        f"{'examples' if glue else 'images'}/s | "
         f"{where}"
     )
 

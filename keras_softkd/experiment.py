@@ -16,6 +16,10 @@ The data's way through :func:`run`:
 5. The final student on the test set -> ``results.json`` (last epoch, as the
    papers report), ``model.keras``; files written atomically.
 
+A GLUE task (``--dataset=rte``...) takes the same steps on texts in
+:mod:`keras_softkd.text_experiment`, with :func:`start`, :func:`run_callbacks`,
+:func:`build_trainer`, :func:`run_results` and :func:`finish` from here.
+
 Output directory::
 
     results.json        method, hyper-parameters, test_error/top5/nll/ece, speed, versions
