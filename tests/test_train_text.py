@@ -329,3 +329,25 @@ def test_report_and_grid_show_a_text_runs_headline(setup, teacher_run):
         output_dir = teacher_run
 
     assert grid._headline(Cell()).startswith(f"dev accuracy {headline:.2f} | test error")
+
+
+def test_p_table3_flagfiles_hold_appendix_c_and_resolve():
+    """flags/p_table3: every task's columns, P's batch size and lr, a config that resolves."""
+    root = pathlib.Path(__file__).resolve().parents[1] / "flags" / "p_table3"
+    appendix_c = {"cola": (32, 1e-5), "rte": (16, 2e-5), "sst2": (64, 2e-5), "mrpc": (8, 2e-5),
+                  "qnli": (64, 2e-5), "qqp": (32, 2e-5), "mnli": (32, 2e-5)}
+    assert sorted(p.name for p in root.iterdir()) == sorted(GLUE_TASKS)
+    for task, (batch, lr) in appendix_c.items():
+        columns = sorted(p.stem for p in (root / task).glob("*.flags"))
+        assert columns == ["ce", "kd", "lsr", "pseudo_kd", "teacher"], task
+        for column in columns:
+            values = {}
+            for line in (root / task / f"{column}.flags").read_text().splitlines():
+                if line.startswith("--"):
+                    key, value = line[2:].split("=", 1)
+                    values[key] = int(value) if value.isdigit() else (
+                        float(value) if key == "lr" else value)
+            config = ExperimentConfig(**{**values, "output_dir": "x"}).resolved()
+            assert (config.dataset, config.batch_size, config.lr) == (task, batch, lr)
+            assert config.model == ("roberta_large_en" if column == "teacher"
+                                    else "distil_roberta_base_en")
