@@ -351,3 +351,11 @@ def test_p_table3_flagfiles_hold_appendix_c_and_resolve():
             assert (config.dataset, config.batch_size, config.lr) == (task, batch, lr)
             assert config.model == ("roberta_large_en" if column == "teacher"
                                     else "distil_roberta_base_en")
+
+
+def test_configs_text_model_names_are_the_text_modules():
+    """config names them without importing KerasHub; they must stay models.text's names."""
+    from keras_softkd import config
+    from keras_softkd.models import text
+
+    assert set(config.TEXT_MODELS) == {*text.ALIASES, *text.SCRATCH}
