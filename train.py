@@ -4,6 +4,11 @@ r"""Train one configuration of the papers' experiments and write results.json.
     python train.py --method=mrkd_tc --gamma=0.25 --model=resnet56 --dataset=cifar100 \
         --data_dir=/path/to/data --output_dir=runs/resnet56_mrkd3_tc
 
+A GLUE task (P section 4.2) takes a text model, AdamW and the linear warm-up schedule:
+
+    python train.py --method=pseudo_kd --dataset=rte --model=distil_roberta_base_en \
+        --batch_size=16 --lr=2e-5 --data_dir=/path/to/glue --output_dir=runs/rte_pseudo_kd
+
 Presets live in flags/ (``python train.py --flagfile=flags/quickstart.flags``).
 Hyper-parameters left unset take the papers' defaults for the method and
 dataset (keras_softkd/methods.py, the method table). A run started again with the same
@@ -26,24 +31,41 @@ from keras_softkd.config import (  # noqa: E402
     DATASETS,
     LR_SCHEDULES,
     METHODS,
+    OPTIMIZERS,
     STRATEGIES,
     ExperimentConfig,
     UsageError,
 )
 
 flags.DEFINE_enum("method", "ce", METHODS, methods.method_help())
-flags.DEFINE_enum("dataset", "cifar10", DATASETS, "Dataset.")
+flags.DEFINE_enum("dataset", "cifar10", DATASETS,
+                  "Dataset: an image dataset, or a GLUE task (P section 4.2: text models, AdamW).")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir, or a folder of local files "
                     "(<dataset>_train.npz/<dataset>_test.npz, CIFAR python/binary archives, "
-                    "or train|valid|test/<class>/*.png).")
-flags.DEFINE_string("model", "resnet20", "Network (keras_softkd.models.names()).")
-flags.DEFINE_integer("epochs", 200, "Training epochs.")
-flags.DEFINE_integer("batch_size", 128, "Global batch size (split across replicas).")
-flags.DEFINE_float("lr", 0.1, "Initial learning rate.")
-flags.DEFINE_enum("lr_schedule", "cosine", LR_SCHEDULES,
-                  "cosine: to 1e-4 (MrKD paper); step: /5 at 30%, 60%, 80% (Pseudo-KD paper).")
-flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay, applied as PyTorch's SGD does.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+                    "or train|valid|test/<class>/*.png; GLUE: <Task>/train.tsv, dev.tsv... "
+                    "or glue/<Task>/..., the official layout).")
+flags.DEFINE_string("model", "resnet20", "Network (keras_softkd.models.names()); on a GLUE task a "
+                    "text model: distil_roberta_base_en, bert_tiny_scratch, a KerasHub preset or "
+                    "a local preset directory.")
+# Unset: the protocol's value for the dataset's kind (keras_softkd.config.PROTOCOL_DEFAULTS).
+flags.DEFINE_integer("epochs", None, "Training epochs (default 200; GLUE 10).")
+flags.DEFINE_integer("batch_size", None,
+                     "Global batch size, split across replicas (default 128; GLUE 32).")
+flags.DEFINE_float("lr", None, "Initial (peak) learning rate (default 0.1; GLUE 2e-5).")
+flags.DEFINE_enum("lr_schedule", None, LR_SCHEDULES,
+                  "cosine (default): to 1e-4 (MrKD paper); step: /5 at 30%, 60%, 80% (Pseudo-KD "
+                  "paper); linear (GLUE default): warm-up over --warmup_fraction, then to 0.")
+flags.DEFINE_float("warmup_fraction", None,
+                   "--lr_schedule=linear: the share of the steps of linear warm-up (default 0.06, "
+                   "RoBERTa's GLUE recipe).")
+flags.DEFINE_enum("optimizer", None, OPTIMIZERS,
+                  "sgd (default): PyTorch's SGD; adamw (GLUE default): PyTorch's AdamW defaults, "
+                  "betas 0.9/0.999, eps 1e-8, decoupled weight decay.")
+flags.DEFINE_float("weight_decay", None, "Weight decay: L2 added to the gradient as PyTorch's SGD "
+                   "does (default 5e-4), or AdamW's decoupled decay (GLUE default 0.01).")
+flags.DEFINE_float("momentum", None, "SGD momentum (default 0.9; --optimizer=sgd only).")
+flags.DEFINE_integer("sequence_length", None,
+                     "GLUE: tokens per example (pairs: both sentences), default 128.")
 # The methods' hyper-parameters (keras_softkd.methods says which method reads which, and
 # its default); tests/test_methods.py checks that every one has its flag here.
 flags.DEFINE_float("alpha", None, methods.flag_help("alpha", "Method weight alpha in [0, 1]."))
@@ -141,9 +163,14 @@ def main(argv):
     if results["diverged"]:
         print(f"the run diverged (non-finite logits); recorded in {where}")
         return
+    glue = (
+        f"dev {results['glue_metric']} {results['glue_score']:.2f} | "
+        if results.get("glue_score") is not None else ""
+    )
     print(
-        f"test error {100 * results['test_error']:.2f}% | NLL {results['test_nll']:.4f} | "
-        f"ECE {100 * results['test_ece']:.2f}% | {results['images_per_second'] or 0:.0f} images/s | "
+        f"{glue}test error {100 * results['test_error']:.2f}% | NLL {results['test_nll']:.4f} | "
+        f"ECE {100 * results['test_ece']:.2f}% | {results['images_per_second'] or 0:.0f} "
+        f"{'examples' if glue else 'images'}/s | "
         f"{where}"
     )
 

@@ -30,6 +30,13 @@ P's protocol details (section 4.1):
   temperature 4 (Hinton et al.; this package's ``kd`` default, outside P's
   grid), with ``--alpha=0.9`` from P's alpha grid; a grid over P's pool is
   ``python -m keras_softkd.grid --methods=kd:temperature=5,kd:temperature=10,...``.
+
+P's Table 3 (GLUE dev, section 4.2), ``flags/p_table3/<task>/<column>.flags``:
+DistilRoBERTa fine-tuned with Base (ce), LS, KD from a fine-tuned RoBERTa-large
+(``teacher.flags``: ce on ``roberta_large_en``, run first), and Pseudo-KD, each
+with P's Appendix C batch size and learning rate for the task; the rest are the
+GLUE defaults (AdamW, linear warm-up, Pseudo-KD's beta per task, KD alpha 0.5, t 5;
+docs/METHODS.md, "GLUE").
 """
 
 import pathlib
@@ -64,6 +71,11 @@ P_TABLE2_MODELS = ["mobilenetv2", "resnet18", "resnet50"]
 TF_REG = {"mobilenetv2": (0.95, 40, 1.0), "resnet18": (0.1, 20, 100.0), "resnet50": (0.1, 20, 100.0)}
 
 
+# P's Appendix C: (batch size, learning rate) per GLUE task.
+P_GLUE = {"cola": (32, "1e-5"), "rte": (16, "2e-5"), "sst2": (64, "2e-5"), "mrpc": (8, "2e-5"),
+          "qnli": (64, "2e-5"), "qqp": (32, "2e-5"), "mnli": (32, "2e-5")}
+
+
 def write(path: pathlib.Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -91,6 +103,23 @@ def main() -> None:
             for column, method_flags in p_columns(dataset, model, table2=True).items():
                 write_p_cell("p_table2", dataset, model, column, method_flags)
                 count += 1
+    for task, (batch, lr) in P_GLUE.items():
+        runs = f"runs/p_glue/{task}"
+        columns = {
+            "teacher": ["--model=roberta_large_en", *train_flags("ce")],
+            "ce": ["--model=distil_roberta_base_en", *train_flags("ce")],
+            "lsr": ["--model=distil_roberta_base_en", *train_flags("lsr")],
+            "kd": ["--model=distil_roberta_base_en", *train_flags("kd"),
+                   f"--teacher={runs}/teacher/seed0/model.keras"],
+            "pseudo_kd": ["--model=distil_roberta_base_en", *train_flags("pseudo_kd")],
+        }
+        for column, flags in columns.items():
+            write(ROOT / "p_table3" / task / f"{column}.flags", [
+                f"# P TABLE 3 (GLUE dev, {task}), column {column}",
+                f"--dataset={task}", *flags, f"--batch_size={batch}", f"--lr={lr}",
+                f"--output_dir={runs}/{column}/seed{{seed}}",
+            ])
+            count += 1
     print(f"wrote {count} flagfiles")
 
 

@@ -6,6 +6,28 @@ left as ``None`` take the defaults of ``METHODS.md`` for the method and
 dataset (:func:`method_defaults`, from the method table
 ``keras_softkd.methods``); giving one that the method does not use
 (``copies`` with ``lsr``) is an error, not a silent no-op.
+
+Two protocols, chosen by ``dataset`` (:data:`IMAGE_DATASETS`, :data:`TEXT_DATASETS`):
+the training settings left as ``None`` (``epochs``, ``batch_size``, ``lr``,
+``lr_schedule``, ``weight_decay``, ``optimizer``, and ``momentum``,
+``sequence_length``, ``warmup_fraction`` where they apply) take
+:data:`PROTOCOL_DEFAULTS` of the dataset's kind in :meth:`ExperimentConfig.resolved`:
+
+* images (CIFAR, the papers' section 4.1): SGD, momentum 0.9, lr 0.1, batch 128,
+  L2 weight decay 5e-4 applied as PyTorch's SGD does, 200 epochs, cosine;
+* text (GLUE, P section 4.2): AdamW with PyTorch's defaults (P: "AdamW with the
+  default settings": betas 0.9/0.999, eps 1e-8, decoupled weight decay 0.01),
+  lr 2e-5 and batch 32 (P's Appendix C's most common values; per task in the
+  flagfiles), 10 epochs with a linear warm-up over the first 6% of the steps and a
+  linear decay to 0 (RoBERTa's GLUE recipe; P is silent on both), 128 tokens.
+
+Example:
+    >>> config = ExperimentConfig(method="pseudo_kd", dataset="rte", model="bert_tiny_scratch")
+    >>> resolved = config.resolved()
+    >>> resolved.optimizer, resolved.lr, resolved.lr_schedule, resolved.beta
+    ('adamw', 2e-05, 'linear', 2.0)
+    >>> ExperimentConfig().resolved().optimizer, ExperimentConfig().resolved().lr
+    ('sgd', 0.1)
 """
 
 from __future__ import annotations
@@ -15,17 +37,41 @@ import math
 from typing import Optional
 
 from keras_softkd import methods
+from keras_softkd.data.glue import GLUE_TASKS
 from keras_softkd.losses import TF_REG_FORMS
 from keras_softkd.precision import PRECISIONS, TEACHER_PRECISIONS
 
 # Thin names derived from the method table (keras_softkd.methods), kept for their readers.
 METHODS = tuple(methods.names())
-DATASETS = ("cifar10", "cifar100", "cinic10")
-LR_SCHEDULES = ("cosine", "step")
+IMAGE_DATASETS = ("cifar10", "cifar100", "cinic10")
+TEXT_DATASETS = tuple(GLUE_TASKS)  # the GLUE tasks of P section 4.2
+DATASETS = IMAGE_DATASETS + TEXT_DATASETS
+LR_SCHEDULES = ("cosine", "step", "linear")
+OPTIMIZERS = ("sgd", "adamw")
+
+#: The training settings a ``None`` field takes, by the dataset's kind (module docstring).
+PROTOCOL_DEFAULTS = {
+    "image": {"epochs": 200, "batch_size": 128, "lr": 0.1, "lr_schedule": "cosine",
+              "weight_decay": 5e-4, "optimizer": "sgd"},
+    "text": {"epochs": 10, "batch_size": 32, "lr": 2e-5, "lr_schedule": "linear",
+             "weight_decay": 0.01, "optimizer": "adamw", "sequence_length": 128},
+}
+SGD_MOMENTUM = 0.9  # momentum's default with --optimizer=sgd
+WARMUP_FRACTION = 0.06  # warmup_fraction's default with --lr_schedule=linear (RoBERTa's GLUE recipe)
+
+
+def is_text(dataset: str) -> bool:
+    """Whether ``dataset`` is a GLUE text task (else one of the image datasets)."""
+    return dataset in TEXT_DATASETS
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 # Which hyper-parameters each method reads (METHODS.md, "Methods").
 METHOD_PARAMETERS = {name: tuple(methods.get(name).parameters) for name in METHODS}
+
+
+# The text models by name (keras_softkd.models.text's aliases and scratch models; also any
+# KerasHub preset or local preset directory). Literal here: naming them imports no KerasHub.
+TEXT_MODELS = ("distil_roberta_base_en", "bert_tiny_scratch")
 
 
 class UsageError(ValueError):
@@ -54,12 +100,16 @@ class ExperimentConfig:
     model: str = "resnet20"
     data_dir: Optional[str] = None
     output_dir: str = "runs/{method}/seed{seed}"
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    lr_schedule: str = "cosine"
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
+    # None: PROTOCOL_DEFAULTS of the dataset's kind (image or text).
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    lr_schedule: Optional[str] = None
+    weight_decay: Optional[float] = None
+    momentum: Optional[float] = None  # SGD only: None -> 0.9
+    optimizer: Optional[str] = None
+    sequence_length: Optional[int] = None  # text only
+    warmup_fraction: Optional[float] = None  # lr_schedule=linear only: None -> 0.06
     alpha: Optional[float] = None
     temperature: Optional[float] = None
     gamma: Optional[float] = None
@@ -85,10 +135,15 @@ class ExperimentConfig:
     overwrite: bool = False
 
     def resolved(self) -> "ExperimentConfig":
-        """Checks every field and fills the method's defaults; raises :class:`UsageError`."""
+        """Checks every field and fills the protocol's and the method's defaults; raises
+        :class:`UsageError`."""
         _one_of("method", self.method, METHODS)
         _one_of("dataset", self.dataset, DATASETS)
+        protocol = self._protocol_defaults()
+        if protocol:
+            return dataclasses.replace(self, **protocol).resolved()
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("teacher_precision", self.teacher_precision, TEACHER_PRECISIONS)
@@ -98,9 +153,7 @@ class ExperimentConfig:
                 f"--teacher_precision does not apply to --method={self.method}, which has no "
                 f"teachers running without gradients (it is used by: {', '.join(uses)})."
             )
-        from keras_softkd import models  # the registry knows the valid names
-
-        _one_of("model", self.model, tuple(models.names()))
+        self._check_model_and_method()
         _integer_at_least("epochs", self.epochs, 1)
         _integer_at_least("batch_size", self.batch_size, 1)
         _integer_at_least("seed", self.seed, 0)
@@ -108,7 +161,23 @@ class ExperimentConfig:
             _integer_at_least("train_examples", self.train_examples, 1)
         _number_in("lr", self.lr, 0.0, math.inf, low_open=True)
         _number_in("weight_decay", self.weight_decay, 0.0, 1.0)
-        _number_in("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        if self.optimizer == "sgd":
+            _number_in("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        elif self.momentum is not None:
+            raise UsageError(f"--momentum applies to --optimizer=sgd, not --optimizer={self.optimizer}.")
+        if self.lr_schedule == "linear":
+            _number_in("warmup_fraction", self.warmup_fraction, 0.0, 1.0, high_open=True)
+        elif self.warmup_fraction is not None:
+            raise UsageError(
+                f"--warmup_fraction applies to --lr_schedule=linear, not --lr_schedule={self.lr_schedule}."
+            )
+        if is_text(self.dataset):
+            _integer_at_least("sequence_length", self.sequence_length, 2)
+        elif self.sequence_length is not None:
+            raise UsageError(
+                f"--sequence_length applies to the text datasets ({', '.join(TEXT_DATASETS)}), "
+                f"not --dataset={self.dataset}."
+            )
         _number_in("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True)
         if self.keep_best and self.validation_fraction == 0:
             raise UsageError(
@@ -173,13 +242,68 @@ class ExperimentConfig:
         return dataclasses.replace(self, **values)
 
     def hyperparameters(self) -> dict:
-        """The hyper-parameters recorded in ``results.json``."""
+        """The hyper-parameters recorded in ``results.json``.
+
+        An image run records what it always did; ``optimizer``, ``sequence_length`` and
+        ``warmup_fraction`` are added where they apply (a text run, AdamW, the linear
+        schedule), so the report's cells of earlier image runs still match new ones.
+        """
         names = (
             *METHOD_HYPERPARAMETERS, "lr",
             "lr_schedule", "weight_decay", "momentum", "batch_size", "train_examples",
             "validation_fraction", "keep_best", "precision", "teacher_precision", "strategy",
         )
-        return {name: getattr(self, name) for name in names}
+        values = {name: getattr(self, name) for name in names}
+        if is_text(self.dataset) or self.optimizer != "sgd":
+            values["optimizer"] = self.optimizer
+        if is_text(self.dataset):
+            values["sequence_length"] = self.sequence_length
+        if self.lr_schedule == "linear":
+            values["warmup_fraction"] = self.warmup_fraction
+        return values
+
+    def _protocol_defaults(self) -> dict:
+        """The ``None`` training settings' values for the dataset's kind (empty once filled)."""
+        kind = PROTOCOL_DEFAULTS["text" if is_text(self.dataset) else "image"]
+        values = {name: value for name, value in kind.items() if getattr(self, name) is None}
+        optimizer = values.get("optimizer", self.optimizer)
+        if optimizer == "sgd" and self.momentum is None:
+            values["momentum"] = SGD_MOMENTUM
+        if values.get("lr_schedule", self.lr_schedule) == "linear" and self.warmup_fraction is None:
+            values["warmup_fraction"] = WARMUP_FRACTION
+        return values
+
+    def _check_model_and_method(self) -> None:
+        """An image dataset takes a network of ``keras_softkd.models``; a text dataset a
+        text classifier (``keras_softkd.models.text``) and a method that works on text."""
+        from keras_softkd import models  # the registry knows the valid names
+
+        images = tuple(models.names())
+        if not is_text(self.dataset):
+            if self.model not in images:
+                raise UsageError(
+                    f"--model={self.model!r} is not an image network for --dataset={self.dataset}; "
+                    f"choose one of: {', '.join(images)} (text models go with --dataset="
+                    f"{'|'.join(TEXT_DATASETS)})."
+                )
+            return
+        if self.model in images:
+            raise UsageError(
+                f"--model={self.model} is an image network; --dataset={self.dataset} (GLUE) takes "
+                f"a text model: {', '.join(TEXT_MODELS)}, a KerasHub preset (roberta_large_en, "
+                "...) or a local preset directory."
+            )
+        if self.teacher_precision != "same":
+            raise UsageError(
+                f"--teacher_precision does not apply on the text datasets (--dataset={self.dataset}): "
+                "KD's teacher runs once before training, its logits stored; leave it 'same'."
+            )
+        if not methods.get(self.method).text:
+            works = [name for name in METHODS if methods.get(name).text]
+            raise UsageError(
+                f"--method={self.method} is not available on the text datasets (--dataset="
+                f"{self.dataset}); on text use one of: {', '.join(works)}."
+            )
 
     def interval_steps(self, steps_per_epoch: int) -> int:
         """MrKD's kappa in steps: ``round(kappa_epochs * steps_per_epoch)``, at least 1."""

@@ -16,6 +16,10 @@ The data's way through :func:`run`:
 5. The final student on the test set -> ``results.json`` (last epoch, as the
    papers report), ``model.keras``; files written atomically.
 
+A GLUE task (``--dataset=rte``...) takes the same steps on texts in
+:mod:`keras_softkd.text_experiment`, with :func:`start`, :func:`run_callbacks`,
+:func:`build_trainer`, :func:`run_results` and :func:`finish` from here.
+
 Output directory::
 
     results.json        method, hyper-parameters, test_error/top5/nll/ece, speed, versions
@@ -42,8 +46,8 @@ import numpy as np
 
 from keras_softkd import __version__, data, distribute, methods, metrics, models
 from keras_softkd._io import write_atomic, write_json_atomic, write_text_atomic
-from keras_softkd.config import ExperimentConfig, UsageError
-from keras_softkd.optimizers import PyTorchSGD
+from keras_softkd.config import ExperimentConfig, UsageError, is_text
+from keras_softkd.optimizers import LinearWarmupDecay, PyTorchSGD
 
 RESULTS = "results.json"
 
@@ -57,12 +61,11 @@ def run(config: ExperimentConfig) -> dict:
     resumes from its last epoch checkpoint.
     """
     config = config.resolved()
-    output = pathlib.Path(config.output_dir)
-    _refuse_finished_run(output, config.overwrite)
-    strategy = _strategy(config)
-    keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(config.precision)
+    if is_text(config.dataset):  # GLUE (P section 4.2): the same steps on texts
+        from keras_softkd import text_experiment  # KerasHub: imported for text runs only
 
+        return text_experiment.run(config)
+    output, strategy = start(config)
     (x_train, y_train), (x_eval, y_eval), (x_test, y_test) = load_data(config)
     # Created once the data is there: a run that cannot start leaves nothing behind.
     # Only the chief writes the run's files; each other worker keeps its own stable
@@ -85,17 +88,8 @@ def run(config: ExperimentConfig) -> dict:
     test = data.evaluation_input(
         x_test, y_test, dataset=config.dataset, batch_size=eval_batch, batch_multiple=split
     )
-    speed = Throughput(images_per_epoch=len(x_train))
-    best = BestModel(files) if config.keep_best else None
-    callbacks = [
-        speed,
-        keras.callbacks.CSVLogger(str(files / "history.csv"), append=first_epoch > 0),
-        *_tensorboard(files / "tensorboard"),
-        *([best] if best else []),
-        checkpoint,  # last: the history row of an epoch is written before its checkpoint
-    ]
-    _drop_history_after(files / "history.csv", first_epoch)
-    start = time.perf_counter()
+    speed, best, callbacks = run_callbacks(config, files, checkpoint, first_epoch, len(x_train))
+    started = time.perf_counter()
     # Inside the scope: tf.distribute and keras.distribution (JAX) place the variables
     # on the devices, and keras.distribution splits the batches of fit and predict.
     with strategy.scope():
@@ -118,8 +112,50 @@ def run(config: ExperimentConfig) -> dict:
         if diverged
         else metrics.evaluate_logits(y_test, logits)
     )
+    results = run_results(config, output, strategy, trainer, scores, diverged, speed, started,
+                          checkpoint, len(x_train), best)
+    finish(files, student, results)
+    return results
+
+
+# --------------------------------------------------------------------------
+# The steps the image and the text runs share (keras_softkd.text_experiment)
+# --------------------------------------------------------------------------
+
+
+def start(config: ExperimentConfig):
+    """``(output folder, strategy)``: refuses a finished run, seeds, sets the precision."""
+    output = pathlib.Path(config.output_dir)
+    _refuse_finished_run(output, config.overwrite)
+    strategy = _strategy(config)
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.precision)
+    return output, strategy
+
+
+def run_callbacks(config: ExperimentConfig, files: pathlib.Path, checkpoint: "EpochCheckpoint",
+                  first_epoch: int, examples: int):
+    """``(speed, best, callbacks)``: throughput, CSVLogger, TensorBoard, ``--keep_best``, and
+    the checkpoint last (an epoch's history row is written before its checkpoint)."""
+    speed = Throughput(images_per_epoch=examples)
+    best = BestModel(files) if config.keep_best else None
+    callbacks = [
+        speed,
+        keras.callbacks.CSVLogger(str(files / "history.csv"), append=first_epoch > 0),
+        *_tensorboard(files / "tensorboard"),
+        *([best] if best else []),
+        checkpoint,
+    ]
+    _drop_history_after(files / "history.csv", first_epoch)
+    return speed, best, callbacks
+
+
+def run_results(config: ExperimentConfig, output: pathlib.Path, strategy, trainer: keras.Model,
+                scores: dict, diverged: bool, speed: "Throughput", started: float,
+                checkpoint: "EpochCheckpoint", examples: int, best: "BestModel | None") -> dict:
+    """The ``results.json`` of a run (``images_per_second``: examples per second on text)."""
     teacher = getattr(trainer, "teacher", None)  # KDModel's
-    results = {
+    return {
         "method": config.method,
         "dataset": config.dataset,
         "model": config.model,
@@ -129,8 +165,8 @@ def run(config: ExperimentConfig) -> dict:
         **scores,
         "diverged": diverged,
         "images_per_second": speed.images_per_second(),
-        "wall_seconds": time.perf_counter() - start + checkpoint.previous_wall_seconds(),
-        "train_examples_used": int(len(x_train)),
+        "wall_seconds": time.perf_counter() - started + checkpoint.previous_wall_seconds(),
+        "train_examples_used": int(examples),
         "replicas": strategy.num_replicas_in_sync,
         **(best.summary() if best else {}),
         # The teacher's network names the KD column (P's "KD-29" is KD from ResNeXt-29).
@@ -139,9 +175,12 @@ def run(config: ExperimentConfig) -> dict:
         "completed": True,
         "versions": versions(),
     }
+
+
+def finish(files: pathlib.Path, student: keras.Model, results: dict) -> None:
+    """Writes ``model.keras``, then ``results.json`` (which marks the run finished), atomically."""
     write_atomic(files / "model.keras", lambda tmp: student.save(tmp))
     write_json_atomic(files / RESULTS, results)
-    return results
 
 
 # --------------------------------------------------------------------------
@@ -196,19 +235,35 @@ def build_trainer(
         # computes the statistics over the global batch (and Keras refuses synchronized=True).
         synchronized = replicas > 1 and keras.backend.backend() == "tensorflow"
         student = models.build(config.model, num_classes, synchronized_batchnorm=synchronized)
-    optimizer = PyTorchSGD(
-        learning_rate=learning_rate_schedule(config, steps_per_epoch),
-        momentum=config.momentum,
-        l2=config.weight_decay,
-    )
+    optimizer = make_optimizer(config, steps_per_epoch)
     accuracy = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     setup = methods.Setup(num_classes=num_classes, steps_per_epoch=steps_per_epoch,
                           num_examples=num_examples, epochs=config.epochs)
     trainer, compile_args = methods.get(config.method).build(config, student, setup)
     # Weighted: the zero-weight examples that pad an evaluation batch over several devices
     # do not count (training batches carry no weights).
-    trainer.compile(optimizer=optimizer, weighted_metrics=accuracy, **compile_args)
+    # metrics=None: a KerasHub classifier would add its own accuracy ("auto") beside ours.
+    trainer.compile(optimizer=optimizer, metrics=None, weighted_metrics=accuracy, **compile_args)
     return trainer
+
+
+def make_optimizer(config: ExperimentConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """``--optimizer`` with the schedule of :func:`learning_rate_schedule`.
+
+    * ``sgd``: :class:`PyTorchSGD` (the CIFAR papers' ``torch.optim.SGD``, L2 weight decay
+      added to the gradient).
+    * ``adamw`` (P's GLUE runs, "AdamW with the default settings"): ``keras.optimizers.AdamW``
+      with PyTorch's defaults, betas 0.9/0.999, eps 1e-8, decoupled weight decay
+      ``weight_decay`` (0.01 by default) on every weight, scaled by the learning rate as
+      ``torch.optim.AdamW`` does.
+    """
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(
+            learning_rate=schedule, weight_decay=config.weight_decay, beta_1=0.9, beta_2=0.999,
+            epsilon=1e-8,
+        )
+    return PyTorchSGD(learning_rate=schedule, momentum=config.momentum, l2=config.weight_decay)
 
 
 def learning_rate_schedule(config: ExperimentConfig, steps_per_epoch: int):
@@ -217,8 +272,14 @@ def learning_rate_schedule(config: ExperimentConfig, steps_per_epoch: int):
     * ``cosine`` (MrKD paper): from ``lr`` to 1e-4 over the run.
     * ``step`` (Pseudo-KD paper): ``lr`` divided by 5 at epochs 60, 120, 160
       of 200 -- at 30%, 60% and 80% of the run for other lengths.
+    * ``linear`` (GLUE fine-tuning, RoBERTa's recipe; P is silent): from 0 up to ``lr``
+      over the first ``warmup_fraction`` of the steps, then down to 0 at the end
+      (:class:`LinearWarmupDecay`).
     """
     total = config.epochs * steps_per_epoch
+    if config.lr_schedule == "linear":
+        warmup = min(round(config.warmup_fraction * total), total - 1)
+        return LinearWarmupDecay(config.lr, warmup, total)
     if config.lr_schedule == "cosine":
         floor = min(1e-4, config.lr)
         return keras.optimizers.schedules.CosineDecay(config.lr, total, alpha=floor / config.lr)
@@ -229,12 +290,28 @@ def learning_rate_schedule(config: ExperimentConfig, steps_per_epoch: int):
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
-def load_teacher(path: str, num_classes: int) -> keras.Model:
-    """A trained ``.keras`` classifier with ``num_classes`` outputs, or :class:`UsageError`."""
+def load_teacher(path: str, num_classes: int, sequence_length: int | None = None) -> keras.Model:
+    """A trained ``.keras`` classifier with ``num_classes`` outputs, or :class:`UsageError`.
+
+    On text (``sequence_length`` given): also a KerasHub preset directory of a fine-tuned
+    classifier (``classifier.save_to_preset``), its head kept; a ``.keras`` KerasHub
+    classifier keeps its own preprocessor.
+    """
     try:
+        if sequence_length is not None:
+            from keras_softkd.models import text  # reloaded KerasHub tasks keep their loss
+
+            if os.path.isdir(path):
+                return _checked_teacher(
+                    path, text.build_text_classifier(path, num_classes, sequence_length), num_classes
+                )
         teacher = keras.models.load_model(path, compile=False)
     except Exception as error:  # any unreadable file is a usage error here
         raise UsageError(f"--teacher={path!r} is not a loadable .keras model: {error}") from None
+    return _checked_teacher(path, teacher, num_classes)
+
+
+def _checked_teacher(path: str, teacher, num_classes: int) -> keras.Model:
     if not isinstance(teacher, keras.Model) or teacher.output_shape[-1] != num_classes:
         shape = getattr(teacher, "output_shape", None)
         raise UsageError(

@@ -377,8 +377,9 @@ def _default_train_script() -> pathlib.Path:
 
 def _check_models(names: Sequence[str]) -> None:
     from keras_softkd import models  # imports Keras: only once the cheap checks passed
+    from keras_softkd.config import TEXT_MODELS
 
-    valid = models.names()
+    valid = [*models.names(), *TEXT_MODELS]  # text models: with --dataset=<a GLUE task>
     for name in names:
         if name not in valid:
             raise UsageError(
@@ -616,7 +617,9 @@ def _headline(cell: Cell) -> str:
     results = json.loads((cell.output_dir / RESULTS_FILE).read_text())
     if results.get("diverged") or results.get("test_error") is None:
         return "diverged: no finite test logits (recorded, not run again)"
-    return (f"test error {100 * results['test_error']:.2f}% | NLL {results['test_nll']:.4f} | "
+    glue = (f"dev {results['glue_metric']} {results['glue_score']:.2f} | "
+            if results.get("glue_score") is not None else "")  # a GLUE run's headline
+    return (f"{glue}test error {100 * results['test_error']:.2f}% | NLL {results['test_nll']:.4f} | "
             f"ECE {100 * results['test_ece']:.2f}%")
 
 

@@ -27,6 +27,9 @@ An entry (:class:`Method`) holds:
   (``keras_softkd.data.TRAINING_INPUTS``): ``"labels"`` (the default),
   ``"indices"`` (each example's index in the training set, for a
   per-example table) or ``"pairs"`` (a same-class partner per example).
+* ``text``: whether it runs on the GLUE text tasks (``--dataset=rte``...): tested
+  there end to end (tests/test_train_text.py); ``config`` refuses the others on text.
+  Its defaults there come from :class:`OnGlue` entries (P section 4.2, Appendix C).
 * ``teachers``: whether it has teachers that run without gradients in
   inference mode (MrKD's memories, KD's fixed network): ``--teacher_precision``
   applies to them (``keras_softkd.precision``). A run-time choice, not a
@@ -72,6 +75,7 @@ from typing import TYPE_CHECKING, Any, Union
 import keras
 
 from keras_softkd import losses
+from keras_softkd.data.glue import GLUE_TASKS
 from keras_softkd.beta_smoothing import BetaLSModel
 from keras_softkd.class_wise import CSKDModel
 from keras_softkd.distillation import KDModel
@@ -85,6 +89,7 @@ if TYPE_CHECKING:  # config imports this module
 __all__ = [
     "EpochsOver",
     "Method",
+    "OnGlue",
     "PerDataset",
     "Required",
     "Setup",
@@ -135,6 +140,35 @@ class EpochsOver:
 
 
 @dataclasses.dataclass(frozen=True)
+class OnGlue:
+    """A default that differs on the GLUE text tasks (P section 4.2 and Appendix C).
+
+    ``image``: the value (or :class:`PerDataset` rule) on the image datasets; ``glue``:
+    one value for every task, or a mapping task -> value.
+
+    Example:
+        >>> beta = OnGlue(image=2.5, glue={"rte": 2.0, "sst2": 5.0})
+        >>> beta.value("sst2", 10), beta.value("cifar10", 200)
+        (5.0, 2.5)
+    """
+
+    image: Any
+    glue: Any
+
+    def value(self, dataset: str, epochs: int) -> Any:
+        if dataset in GLUE_TASKS:
+            return self.glue[dataset] if isinstance(self.glue, Mapping) else self.glue
+        return self.image.value(dataset, epochs) if isinstance(self.image, PerDataset) else self.image
+
+    def __str__(self) -> str:
+        if isinstance(self.glue, Mapping):
+            glue = ", ".join(f"{task} {_show(value)}" for task, value in self.glue.items())
+        else:
+            glue = _show(self.glue)
+        return f"{self.image}; on GLUE {glue}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Required:
     """No default: the run must give it; ``what`` completes "--method=kd needs --teacher, ..."."""
 
@@ -144,7 +178,7 @@ class Required:
         return "required"
 
 
-Default = Union[bool, int, float, str, PerDataset, EpochsOver, Required]
+Default = Union[bool, int, float, str, PerDataset, EpochsOver, OnGlue, Required]
 
 
 # --------------------------------------------------------------------------
@@ -180,6 +214,7 @@ class Method:
     ablations: tuple[str, ...] = ()
     inputs: str = "labels"
     teachers: bool = False
+    text: bool = False
 
     def defaults(self, dataset: str, epochs: int) -> dict:
         """The method's defaults for ``dataset`` and a run of ``epochs`` (required ones left out).
@@ -192,7 +227,7 @@ class Method:
         for name, default in self.parameters.items():
             if isinstance(default, Required):
                 continue
-            is_rule = isinstance(default, (PerDataset, EpochsOver))
+            is_rule = isinstance(default, (PerDataset, EpochsOver, OnGlue))
             values[name] = default.value(dataset, epochs) if is_rule else default
         return values
 
@@ -267,7 +302,7 @@ def _beta_smoothing(config: "ExperimentConfig", student: keras.Model, setup: Set
 def _distillation(config: "ExperimentConfig", student: keras.Model, setup: Setup):
     from keras_softkd.experiment import load_teacher  # experiment imports this module
 
-    teacher = load_teacher(config.teacher, setup.num_classes)
+    teacher = load_teacher(config.teacher, setup.num_classes, config.sequence_length)
     trainer = KDModel(
         student, teacher=teacher, alpha=config.alpha, temperature=config.temperature,
         teacher_precision=config.teacher_precision,
@@ -291,6 +326,9 @@ def _knowledge_refinery(config: "ExperimentConfig", student: keras.Model, setup:
     return KRLSModel(student, alpha=config.alpha), {}
 
 
+#: Pseudo-KD's beta per GLUE task (P's Appendix C).
+_PSEUDO_KD_GLUE_BETA = {"cola": 2.0, "rte": 2.0, "sst2": 5.0, "mrpc": 2.0, "qnli": 4.0, "qqp": 4.0,
+                        "mnli": 2.0}
 _KAPPA = EpochsOver(8)  # the paper's 25 epochs of 200, in proportion for shorter runs
 _MRKD_ALPHA = PerDataset(cifar100=0.25, other=0.1)
 #: When a weight average is updated: every step, or at the copies' pace (every kappa).
@@ -302,11 +340,13 @@ _TABLE: dict[str, Method] = {
         Method(
             "ce", "Baseline", "cross-entropy, the baseline", {},
             with_loss(lambda c: keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+            text=True,
         ),
         Method(
             "lsr", "LSR", "label smoothing: CE with targets (1-a) p + a u (W 5, 6)",
-            {"alpha": 0.1},
+            {"alpha": 0.1},  # also P's LS on GLUE (section 4.2)
             with_loss(lambda c: losses.LSRLoss(alpha=c.alpha)),
+            text=True,
         ),
         Method(
             "lsrkd", "LsrKD", "(1-a) CE + a t KL(u || q(t)), a uniform teacher (W 10)",
@@ -355,8 +395,11 @@ _TABLE: dict[str, Method] = {
         Method(
             "pseudo_kd", "Pseudo-KD",
             "label smoothing by the student's own P* = softmax(z a / b) (P 5, 10-13)",
-            {"alpha": 0.2, "beta": PerDataset(cifar100=1.5, other=2.5)},
+            # P's Appendix C: CIFAR, and each GLUE task (its batch size and lr: flags/).
+            {"alpha": OnGlue(image=0.2, glue=0.1),
+             "beta": OnGlue(image=PerDataset(cifar100=1.5, other=2.5), glue=_PSEUDO_KD_GLUE_BETA)},
             with_loss(lambda c: losses.PseudoKDLoss(alpha=c.alpha, beta=c.beta)),
+            text=True,
         ),
         Method(
             "tf_reg", "TF-reg",
@@ -404,9 +447,12 @@ _TABLE: dict[str, Method] = {
         ),
         Method(
             "kd", "KD", "KD from a fixed pre-trained --teacher (Hinton et al.; W 4)",
-            {"alpha": 0.9, "temperature": 4.0,
-             "teacher": Required("a .keras file of a trained model")},
-            _distillation, teachers=True,
+            # On GLUE, from P's grid {0.1, 0.2, 0.5} x {1, 5, 10} (P does not give KD's best):
+            # alpha 0.5, the most weight on a much stronger teacher (RoBERTa-large, 24 layers)
+            # the grid allows, nearest the image side's 0.9; temperature 5, its middle.
+            {"alpha": OnGlue(image=0.9, glue=0.5), "temperature": OnGlue(image=4.0, glue=5.0),
+             "teacher": Required("a .keras file of a trained model (text: or a preset directory)")},
+            _distillation, teachers=True, text=True,
         ),
     )
 }

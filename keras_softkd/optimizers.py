@@ -65,3 +65,40 @@ class PyTorchSGD(keras.optimizers.Optimizer):
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "l2": self.l2}
+
+
+@keras.saving.register_keras_serializable(package="keras_softkd")
+class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to ``learning_rate`` over ``warmup_steps``, then linear decay to 0
+    at ``total_steps``: Hugging Face's ``get_linear_schedule_with_warmup``, RoBERTa's GLUE
+    fine-tuning recipe (warm-up over the first 6% of the steps).
+
+    ``lr(step) = learning_rate * step / warmup_steps`` for ``step < warmup_steps``, else
+    ``learning_rate * max(0, (total_steps - step) / (total_steps - warmup_steps))``.
+
+    Example:
+        >>> schedule = LinearWarmupDecay(1e-3, warmup_steps=2, total_steps=10)
+        >>> [round(float(schedule(s)), 6) for s in (0, 1, 2, 6, 10)]
+        [0.0, 0.0005, 0.001, 0.0005, 0.0]
+    """
+
+    def __init__(self, learning_rate: float, warmup_steps: int, total_steps: int):
+        if not 0 <= warmup_steps < total_steps:
+            raise ValueError(
+                f"`warmup_steps` must be in [0, total_steps={total_steps}); got {warmup_steps}."
+            )
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup = ops.cast(max(self.warmup_steps, 1), "float32")
+        decay = ops.cast(self.total_steps - self.warmup_steps, "float32")
+        rising = step / warmup
+        falling = ops.maximum(0.0, (self.total_steps - step) / decay)
+        return self.learning_rate * ops.where(step < self.warmup_steps, rising, falling)
+
+    def get_config(self) -> dict:
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps}

@@ -103,6 +103,9 @@ METRICS = {
     "test_nll": ("Test negative log-likelihood (nats)", 1.0, 3),
     "test_ece": ("Test expected calibration error (%, 15 bins)", 100.0, 2),
     "test_accuracy": ("Top-1 test accuracy (%)", 100.0, 2),
+    # A GLUE run's headline (already in %): the task's first metric on its first dev split.
+    "glue_score": ("GLUE dev score (%: Matthews correlation on CoLA, else accuracy; P Table 3)",
+                   1.0, 2),
 }
 TABLE_ALL_METRICS = ("test_error", "test_nll", "test_ece")
 LAYOUTS = ("tables", "p_table2")  # the command line's --layout
@@ -399,9 +402,12 @@ def table_all(runs: Sequence[Mapping[str, Any]]) -> str:
     Each under a ``###`` heading; then, where there are baseline (``ce``) runs
     and other methods, the same three as :func:`differences` to the baseline on
     the same seed; then a note on the cells and, for a :class:`Runs` from
-    :func:`collect`, the number of incomplete runs skipped.
+    :func:`collect`, the number of incomplete runs skipped. Runs on GLUE tasks add
+    their headline (``glue_score``) first; their "test" figures are on the dev set.
     """
-    sections = [f"### {METRICS[m][0]}\n\n{table(runs, metric=m)}" for m in TABLE_ALL_METRICS]
+    glue = any(run.get("glue_score") is not None for run in runs)
+    shown = ("glue_score",) * glue + TABLE_ALL_METRICS
+    sections = [f"### {METRICS[m][0]}\n\n{table(runs, metric=m)}" for m in shown]
     note = (
         "Cells: mean ± sample standard deviation (ddof=1) over seeds, (n) = number of "
         f"seeds; {MISSING} = no run."
@@ -410,7 +416,7 @@ def table_all(runs: Sequence[Mapping[str, Any]]) -> str:
     if "ce" in methods and len(methods) > 1:
         sections += [
             f"### {METRICS[m][0]}: method minus baseline, same seed\n\n{differences(runs, metric=m)}"
-            for m in TABLE_ALL_METRICS
+            for m in shown
         ]
         note += (
             " Differences: mean ± std over the seeds run with both the method and the baseline, "

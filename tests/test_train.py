@@ -53,7 +53,7 @@ def run_train(*args, timeout=600, umask=None):
         ({"lr": 0.0}, "--lr"),
         ({"train_examples": 0}, "--train_examples"),
         ({"strategy": "tpu"}, "--strategy"),
-        ({"lr_schedule": "linear"}, "--lr_schedule"),
+        ({"lr_schedule": "exponential"}, "--lr_schedule"),
         ({"method": "lsr", "initial_weights_teach": True}, "--initial_weights_teach"),
         ({"method": "mrkd", "initial_weights_teach": "yes"}, "--initial_weights_teach"),
         ({"keep_best": True}, "--validation_fraction"),
@@ -196,7 +196,7 @@ def test_keep_best_saves_the_student_of_the_best_held_out_epoch(tmp_path):
 
 
 def test_learning_rate_schedules_reach_the_papers_values():
-    cosine = experiment.learning_rate_schedule(ExperimentConfig(epochs=10, lr=0.1), 5)
+    cosine = experiment.learning_rate_schedule(ExperimentConfig(epochs=10, lr=0.1, lr_schedule="cosine"), 5)
     assert float(cosine(0)) == pytest.approx(0.1)
     assert float(cosine(50)) == pytest.approx(1e-4, rel=1e-3)
     step = experiment.learning_rate_schedule(

@@ -48,6 +48,7 @@ from keras_softkd.data.splits import split_validation, take_subset
 # name -> module, imported on first use (the tf.data pipeline imports TensorFlow).
 _LAZY = {
     "augment_batch": "pipeline",
+    "epoch_batches": "pipeline",
     "eval_dataset": "pipeline",
     "normalize": "pipeline",
     "train_dataset": "pipeline",
@@ -80,6 +81,7 @@ __all__ = [
     "TrainPairsPyDataset",
     "TrainPyDataset",
     "augment_batch",
+    "epoch_batches",
     "eval_dataset",
     "evaluation_input",
     "glue",

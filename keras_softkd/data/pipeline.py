@@ -158,7 +158,28 @@ def train_epochs(
     _seed_value(seed)
     if not 0 <= first_epoch <= epochs:
         raise ValueError(f"`first_epoch` must be in [0, epochs={epochs}]; got {first_epoch}.")
-    count = len(x)
+    def make_batch(index, batch_seed):
+        batch = tf.gather(images, index)
+        if augment:
+            batch = augment_batch(batch, batch_seed)
+        return normalize(batch, dataset), _targets(tf.gather(labels, index), index, with_indices)
+
+    indices = epoch_batches(len(x), batch_size, seed, first_epoch, epochs)
+    return indices.map(make_batch, num_parallel_calls=_AUTOTUNE, deterministic=True).prefetch(
+        _AUTOTUNE
+    )
+
+
+def epoch_batches(count: int, batch_size: int, seed: int, first_epoch: int, epochs: int
+                  ) -> tf.data.Dataset:
+    """The training order of epochs ``first_epoch .. epochs - 1``: ``(indices, batch_seed)`` per
+    batch, epoch ``e``'s shuffle a pure function of ``(seed, e)`` (so a resumed run sees the
+    batches an uninterrupted one sees), ``batch_seed`` a stateless seed for its augmentation.
+
+    Example:
+        >>> [len(i) for i, _ in epoch_batches(5, batch_size=2, seed=0, first_epoch=0, epochs=2)]
+        [2, 2, 1, 2, 2, 1]
+    """
     key = int(np.random.SeedSequence([seed, 2]).generate_state(1, np.uint32)[0])
 
     def one_epoch(epoch):
@@ -169,16 +190,7 @@ def train_epochs(
             lambda step, index: (index, tf.stack([epoch * 1_000_003 + key, step]))
         )
 
-    def make_batch(index, batch_seed):
-        batch = tf.gather(images, index)
-        if augment:
-            batch = augment_batch(batch, batch_seed)
-        return normalize(batch, dataset), _targets(tf.gather(labels, index), index, with_indices)
-
-    indices = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
-    return indices.map(make_batch, num_parallel_calls=_AUTOTUNE, deterministic=True).prefetch(
-        _AUTOTUNE
-    )
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
 
 
 def with_partners(
