@@ -153,7 +153,6 @@ def killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, method: str, 
     import pytest
 
     from keras_softkd import experiment
-    from keras_softkd.config import ExperimentConfig
 
     def tiny_network(name, num_classes, synchronized_batchnorm=False):
         inputs = keras.Input((32, 32, 3))
@@ -166,23 +165,7 @@ def killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, method: str, 
     data_dir = write_tiny_cifar(tmp_path / "data", train=40, test=16)
     settings = dict(method=method, epochs=3, batch_size=16, data_dir=str(data_dir), seed=1, lr=0.2,
                     **settings)
-    full = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "full"), **settings))
-
-    class Killed(Exception):
-        pass
-
-    save = experiment.EpochCheckpoint.on_epoch_end
-
-    def save_then_die(self, epoch, logs=None):
-        save(self, epoch, logs)
-        if epoch == 1:
-            raise Killed
-
-    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save_then_die)
-    with pytest.raises(Killed):
-        experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
-    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save)
-    resumed = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
+    full, resumed = run_killed_and_resumed(tmp_path, monkeypatch, settings, killed_after=1)
     for key in ("test_error", "test_nll", "test_ece"):
         assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
     a = keras.models.load_model(tmp_path / "full" / "model.keras")
@@ -192,3 +175,32 @@ def killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, method: str, 
     history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == ["0", "1", "2"]
     return history
+
+
+def run_killed_and_resumed(tmp_path, monkeypatch, settings: dict, killed_after: int) -> tuple:
+    """``experiment.run(ExperimentConfig(**settings))`` into ``tmp_path/full``; then into
+    ``tmp_path/resumed``, killed right after epoch ``killed_after``'s checkpoint (0-based) and
+    run again. Returns both runs' results; the second start must say it resumed."""
+    import pytest
+
+    from keras_softkd import experiment
+    from keras_softkd.config import ExperimentConfig
+
+    full = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "full"), **settings))
+
+    class Killed(Exception):
+        pass
+
+    save = experiment.EpochCheckpoint.on_epoch_end
+
+    def save_then_die(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch == killed_after:
+            raise Killed
+
+    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save_then_die)
+    with pytest.raises(Killed):
+        experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
+    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save)
+    resumed = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
+    return full, resumed

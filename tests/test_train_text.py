@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from conftest import run_killed_and_resumed
 from test_glue_data import official_header, official_row
 from test_glue_metrics import reference_f1, reference_mcc
 from test_train import run_train
@@ -199,30 +200,12 @@ def test_a_killed_text_run_resumes_to_the_uninterrupted_result(setup, tmp_path, 
     run never interrupted (the batches of epoch 2 are a function of the seed and the epoch)."""
     import keras
 
-    from keras_softkd import experiment
-
     settings = dict(method="pseudo_kd", dataset="rte", model=setup["student"],
                     data_dir=str(setup["data"]), epochs=2, batch_size=8, lr=1e-3, seed=3,
                     sequence_length=16)
-    full = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "full"), **settings))
-
-    class Killed(Exception):
-        pass
-
-    save = experiment.EpochCheckpoint.on_epoch_end
-
-    def save_then_die(self, epoch, logs=None):
-        save(self, epoch, logs)
-        if epoch == 0:
-            raise Killed
-
-    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save_then_die)
-    with pytest.raises(Killed):
-        experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
-    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save)
     capsys.readouterr()
-    resumed = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "resumed"), **settings))
-    assert "Resuming from" in capsys.readouterr().out  # epoch 2 only, from the checkpoint
+    full, resumed = run_killed_and_resumed(tmp_path, monkeypatch, settings, killed_after=0)
+    assert capsys.readouterr().out.count("Resuming from") == 1  # epoch 2 only, from the checkpoint
     for key in ("test_error", "test_nll", "test_ece", "glue_score"):
         assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
     a = keras.models.load_model(tmp_path / "full" / "model.keras")
