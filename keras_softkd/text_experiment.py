@@ -63,7 +63,7 @@ def run(config: ExperimentConfig) -> dict:
     build (offline: an uncached preset), or an unusable teacher.
     """
     output, strategy = experiment.start(config)
-    (train_texts, y_train), evaluation_split, dev = load_texts(config)
+    (train_texts, y_train), held_out, dev = load_texts(config)
     task = glue.get(config.dataset)
     with strategy.scope():  # before any file is written: a model it cannot build leaves none
         student = build_student(config, task.num_classes, train_texts)
@@ -82,7 +82,12 @@ def run(config: ExperimentConfig) -> dict:
         )
         teacher = getattr(trainer, "teacher", None)  # KDModel's: its logits, once
         train_inputs = tokenize(trainer, train_texts, y_train, teacher=teacher)
-        evaluation = _batched(tokenize(student, *evaluation_split))
+        # Each dev split tokenized once: the per-epoch evaluation (without a held-out split)
+        # and the final predictions use the same arrays.
+        dev_inputs = {split: tokenize(student, *split_data) for split, split_data in dev.items()}
+        evaluation = _batched(
+            dev_inputs[task.dev_splits[0]] if held_out is None else tokenize(student, *held_out)
+        )
         distribute.prepare_model(trainer, strategy)
         checkpoint.restore(trainer)
         if first_epoch < config.epochs:
@@ -95,7 +100,7 @@ def run(config: ExperimentConfig) -> dict:
                 steps_per_epoch=steps_per_epoch, validation_data=evaluation,
                 callbacks=callbacks, verbose=2, shuffle=False,
             )
-        logits = {split: _predict(student, texts, labels) for split, (texts, labels) in dev.items()}
+        logits = {split: _predict(student, inputs) for split, inputs in dev_inputs.items()}
     scores, diverged = dev_scores(config.dataset, dev, logits)
     results = experiment.run_results(
         config, output, strategy, trainer, scores, diverged, speed, started, checkpoint,
@@ -108,9 +113,10 @@ def run(config: ExperimentConfig) -> dict:
 
 
 def load_texts(config: ExperimentConfig):
-    """``(train, evaluation, dev)``: ``(texts, labels)`` of the training examples, of the
-    per-epoch evaluation (held out, or the first dev split) and ``{split: (texts, labels)}``
-    of the task's dev splits; ``texts`` a tuple of arrays (one, or two for pairs)."""
+    """``(train, held_out, dev)``: ``(texts, labels)`` of the training examples, of the
+    held-out split (``--validation_fraction``; ``None`` without one: the first dev split is
+    evaluated each epoch) and ``{split: (texts, labels)}`` of the task's dev splits;
+    ``texts`` a tuple of arrays (one, or two for pairs)."""
     if config.data_dir is not None and not os.path.exists(config.data_dir):
         raise UsageError(
             f"--data_dir={config.data_dir!r} does not exist (give a folder holding the official "
@@ -131,14 +137,13 @@ def load_texts(config: ExperimentConfig):
                 f"got {config.train_examples}."
             )
         rows, _ = data.take_subset(rows, labels[rows], config.train_examples, config.seed)
-    first_dev = dev[task.dev_splits[0]]
-    evaluation = first_dev
+    held_out = None
     if config.validation_fraction > 0:
-        (rows, _), (held_out, _) = data.split_validation(
+        (rows, _), (held_rows, _) = data.split_validation(
             rows, labels[rows], config.validation_fraction, config.seed
         )
-        evaluation = _rows(texts, held_out), labels[held_out]
-    return (_rows(texts, rows), labels[rows]), evaluation, dev
+        held_out = _rows(texts, held_rows), labels[held_rows]
+    return (_rows(texts, rows), labels[rows]), held_out, dev
 
 
 def build_student(config: ExperimentConfig, num_classes: int, texts) -> keras.Model:
@@ -221,25 +226,25 @@ def dev_scores(task: str, dev: dict, logits: dict) -> tuple[dict, bool]:
         keys = ("test_error", "test_top5_error", "test_nll", "test_ece")
         return {**dict.fromkeys(keys), "glue": None, "glue_metric": info.metrics[0],
                 "glue_score": None}, True
-    per_split = {}
+    per_split, basic = {}, {}
     for split, (_, labels) in dev.items():
-        basic = metrics.evaluate_logits(labels, logits[split])
+        basic[split] = metrics.evaluate_logits(labels, logits[split])
         per_split[split] = {
             **metrics.glue_scores(task, labels, logits[split]),
-            "nll": basic["test_nll"], "ece": basic["test_ece"], "error": basic["test_error"],
+            "nll": basic[split]["test_nll"], "ece": basic[split]["test_ece"],
+            "error": basic[split]["test_error"],
         }
-    scores = metrics.evaluate_logits(dev[first][1], logits[first])
     return {
-        **scores,
+        **basic[first],
         "glue": per_split,
         "glue_metric": info.metrics[0],
         "glue_score": per_split[first][info.metrics[0]],
     }, False
 
 
-def _predict(student: keras.Model, texts, labels: np.ndarray) -> np.ndarray:
-    inputs, _ = tokenize(student, texts, labels)
-    logits = keras.Model.predict(student, _batched((inputs, labels)), verbose=0)
+def _predict(student: keras.Model, tokenized) -> np.ndarray:
+    """float64 logits of ``student`` on :func:`tokenize`'s ``(inputs, labels)``."""
+    logits = keras.Model.predict(student, _batched(tokenized), verbose=0)
     return keras.ops.convert_to_numpy(logits).astype("float64")
 
 
