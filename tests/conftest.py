@@ -27,15 +27,42 @@ DATA_ENV = "KERAS_SOFTKD_DATA_DIR"
 TF_STARTUP = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuInit|oneDNN|cuda drivers", re.M)
 
 
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> pathlib.Path:
+    """No network (host names do not resolve), ``tfds.load`` must not be called, and TFDS's
+    default folder is a fresh path under ``tmp_path``, returned: the data loaders must fail
+    fast offline and create nothing there."""
+    import socket
+
+    import tensorflow_datasets as tfds
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def must_not_download(*args, **kwargs):
+        raise AssertionError("tfds.load called offline")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(tfds, "load", must_not_download)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds_default"))
+    return tmp_path / "tfds_default"
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> pathlib.Path:
     """The folder with the real CIFAR ``.npz`` files, or skip the test."""
+    return real_data_folder("cifar10_test.npz", "CIFAR")
+
+
+def real_data_folder(required: str, what: str) -> pathlib.Path:
+    """The folder ``KERAS_SOFTKD_DATA_DIR`` names, when it holds ``required``; else the test
+    is skipped, saying why (``what``: the kind of real data the test needs)."""
     path = os.environ.get(DATA_ENV)
     if not path:
-        pytest.skip(f"{DATA_ENV} is not set: no real CIFAR files (.ci/run sets it)")
+        pytest.skip(f"{DATA_ENV} is not set: no real {what} files (.ci/run sets it)")
     path = pathlib.Path(path)
-    if not (path / "cifar10_test.npz").exists():
-        pytest.skip(f"{DATA_ENV}={path} has no cifar10_test.npz")
+    if not (path / required).exists():
+        pytest.skip(f"{DATA_ENV}={path} has no {required}")
     return path
 
 

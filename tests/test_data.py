@@ -416,21 +416,9 @@ def test_tfds_failure_names_what_was_looked_for(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
-def test_offline_without_local_files_fails_fast_and_leaves_nothing(tmp_path, monkeypatch):
-    import socket
+def test_offline_without_local_files_fails_fast_and_leaves_nothing(tmp_path, offline):
     import time
 
-    import tensorflow_datasets as tfds
-
-    def no_network(*args, **kwargs):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    def must_not_download(*args, **kwargs):
-        raise AssertionError("tfds.load called offline")
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    monkeypatch.setattr(tfds, "load", must_not_download)
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds_default"))
     home_default = pathlib.Path("~/tensorflow_datasets").expanduser()
     home_default_existed = home_default.exists()
     folder = tmp_path / "empty"
@@ -445,7 +433,7 @@ def test_offline_without_local_files_fails_fast_and_leaves_nothing(tmp_path, mon
         for name in ("cifar10_train.npz", "cifar10_test.npz", "cifar-10-python.tar.gz",
                      "cifar-10-batches-bin/", "README.md"):
             assert name in message, name
-    assert list(folder.iterdir()) == [] and not (tmp_path / "tfds_default").exists()
+    assert list(folder.iterdir()) == [] and not offline.exists()
     assert home_default.exists() == home_default_existed
 
 

@@ -9,15 +9,13 @@ downloaded.
 from __future__ import annotations
 
 import doctest
-import os
 import pathlib
-import socket
 import time
 
 import numpy as np
 import pytest
 
-from conftest import DATA_ENV
+from conftest import real_data_folder
 from keras_softkd.data import GLUE_TASKS, glue, sources
 
 # ---------------------------------------------------------------------------
@@ -248,18 +246,7 @@ def test_tfds_failure_is_one_line_naming_what_was_looked_for(tmp_path, monkeypat
     assert "could not load or download 'glue/qnli' split 'validation' (ConnectionError: no network)" in message
 
 
-def test_offline_without_local_files_fails_fast_and_leaves_nothing(tmp_path, monkeypatch):
-    import tensorflow_datasets as tfds
-
-    def no_network(*args, **kwargs):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    def must_not_download(*args, **kwargs):
-        raise AssertionError("tfds.load called offline")
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    monkeypatch.setattr(tfds, "load", must_not_download)
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds_default"))
+def test_offline_without_local_files_fails_fast_and_leaves_nothing(tmp_path, offline):
     folder = tmp_path / "empty"
     folder.mkdir()
     for data_dir in (folder, None):
@@ -270,7 +257,7 @@ def test_offline_without_local_files_fails_fast_and_leaves_nothing(tmp_path, mon
         message = str(error.value)
         assert "\n" not in message and "dl.fbaipublicfiles.com unreachable" in message
         assert "MNLI/dev_mismatched.tsv" in message and "official GLUE layout" in message
-    assert list(folder.iterdir()) == [] and not (tmp_path / "tfds_default").exists()
+    assert list(folder.iterdir()) == [] and not offline.exists()
 
 
 # ---------------------------------------------------------------------------
@@ -352,13 +339,7 @@ def test_docstring_examples_run():
 @pytest.fixture(scope="module")
 def glue_data_dir() -> pathlib.Path:
     """The folder holding glue/SST-2 and glue/RTE, or skip the test."""
-    path = os.environ.get(DATA_ENV)
-    if not path:
-        pytest.skip(f"{DATA_ENV} is not set: no real GLUE files (.ci/run sets it)")
-    path = pathlib.Path(path)
-    if not (path / "glue" / "SST-2" / "train.tsv").exists():
-        pytest.skip(f"{DATA_ENV}={path} has no glue/SST-2/train.tsv")
-    return path
+    return real_data_folder("glue/SST-2/train.tsv", "GLUE")
 
 
 @pytest.mark.parametrize("task, split, rows, counts", [
