@@ -36,7 +36,8 @@ DistilRoBERTa fine-tuned with Base (ce), LS, KD from a fine-tuned RoBERTa-large
 (``teacher.flags``: ce on ``roberta_large_en``, run first), and Pseudo-KD, each
 with P's Appendix C batch size and learning rate for the task; the rest are the
 GLUE defaults (AdamW, linear warm-up, Pseudo-KD's beta per task, KD alpha 0.5, t 5;
-docs/METHODS.md, "GLUE").
+docs/METHODS.md, "GLUE"); all under ``runs/p_glue/<task>/<column>/``, laid out as
+P's Table 3 by ``python -m keras_softkd.report runs/p_glue --layout=p_table3``.
 """
 
 import pathlib

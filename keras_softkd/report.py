@@ -6,7 +6,9 @@ final metrics and the run's setting) and ``history.csv`` (Keras'
 
     python -m keras_softkd.report runs/ [more_runs/ ...] [--markdown out.md] [--plot [curves.png]]
 
-(``--plot`` alone writes ``curves.png`` in the first run folder, beside the results.)
+(``--plot`` alone writes ``curves.png`` in the first run folder, beside the results;
+``--layout=p_table2`` and ``--layout=p_table3`` give the Pseudo-KD paper's Table 2
+(:func:`p_table2`) and its GLUE Table 3 (:func:`p_table3`) instead of the tables.)
 
 or from Python::
 
@@ -66,6 +68,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from keras_softkd import _io, methods
+from keras_softkd.data.glue import GLUE_TASKS
 
 __all__ = [
     "Runs",
@@ -75,6 +78,7 @@ __all__ = [
     "differences",
     "table_all",
     "p_table2",
+    "p_table3",
     "plot_curves",
     "main",
 ]
@@ -108,7 +112,7 @@ METRICS = {
                    1.0, 2),
 }
 TABLE_ALL_METRICS = ("test_error", "test_nll", "test_ece")
-LAYOUTS = ("tables", "p_table2")  # the command line's --layout
+LAYOUTS = ("tables", "p_table2", "p_table3")  # the command line's --layout
 
 MISSING = "—"
 
@@ -474,6 +478,257 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
+# P's Table 3: its GLUE columns in its order, and its rows after Teacher and Student.
+P_TABLE3_TASKS = ("cola", "mrpc", "rte", "sst2", "qnli", "qqp", "mnli")
+_P_TABLE3_METHODS = ("kd", "lsr", "pseudo_kd")
+
+
+def p_table3(runs: Sequence[Mapping[str, Any]]) -> str:
+    """P's Table 3 layout: GLUE dev scores, a column per task and ``Avg.``, a row per model and method.
+
+    * **Columns**: the GLUE tasks present in the runs, in P's order (CoLA, MRPC,
+      RTE, SST-2, QNLI, QQP, MNLI; a task without any run is left out, not shown
+      empty), then ``Avg.``: the mean of the row's task means, shown only when
+      the row has a score on every task shown (else ``—``); over fewer than P's
+      seven tasks a note says so.
+    * **Cells**: ``glue_score`` (the run's headline in %: Matthews correlation
+      on CoLA, else accuracy, on the first dev split, MNLI's matched), mean ±
+      sample std (n) over seeds as in :func:`table`; a ``null`` score (a
+      diverged run) does not count. MNLI's mismatched dev accuracy, where the
+      runs have it (``glue``), is a note line under the table.
+    * **Rows**: ``Teacher``, ``Student`` (``ce`` of the student model), then
+      ``w/ KD``, ``w/ LSR``, ``w/ Pseudo-KD`` (the method table's labels,
+      ``w/ LSR`` being P's "w/ LS"), always shown; any other method with runs
+      follows (``w/`` its label); a run in another precision is a row of its
+      own (``w/ LSR (bf16)``), as in :func:`table`.
+    * **The teacher**, on each task: the ``ce`` runs of the model of the run a
+      ``kd`` run's ``--teacher`` names (the teacher file's folder is that run's
+      ``output_dir`` or directory; or the KD run's ``teacher_model`` is its
+      model; a teacher of the students' own model: the named runs only);
+      without such a KD run, the ``ce`` runs of a model other than the
+      students' (the model most of the task's non-``ce`` runs have, else most
+      of all the GLUE non-``ce`` runs, else most of the task's ``ce`` runs).
+      Every other ``ce`` run is ``Student``. A note names the models.
+    * Runs not on a GLUE task (images) are ignored, and a note counts them;
+      without any GLUE run the result is one line saying so.
+
+    Raises:
+        ValueError: two runs of a cell share a seed or differ in their setting
+            (a third model's ``ce`` runs beside the student's, two KD teachers:
+            as :func:`table`); KD runs name ``ce`` runs of two models as their
+            teachers; or, without a KD run naming one, ``ce`` runs of two models
+            other than the students' (or no way to tell the students' model).
+
+    Example (no KD run: the teacher is the ``ce`` model that is not the students')::
+
+        >>> runs = [
+        ...     {"dataset": task, "model": model, "method": method, "seed": seed,
+        ...      "glue_score": score, "hyperparameters": {}}
+        ...     for task, model, method, seed, score in [
+        ...         ("rte", "roberta_large_en", "ce", 0, 86.0),
+        ...         ("mrpc", "roberta_large_en", "ce", 0, 90.0),
+        ...         ("rte", "distil_roberta_base_en", "ce", 0, 70.0),
+        ...         ("rte", "distil_roberta_base_en", "ce", 1, 72.0),
+        ...         ("mrpc", "distil_roberta_base_en", "ce", 0, 86.0),
+        ...         ("mrpc", "distil_roberta_base_en", "ce", 1, 87.0),
+        ...         ("rte", "distil_roberta_base_en", "pseudo_kd", 0, 71.0),
+        ...         ("cifar10", "resnet20", "ce", 0, None),
+        ...     ]
+        ... ]
+        >>> table3, notes = p_table3(runs).split("\\n\\n")
+        >>> print(table3)
+        | method       | MRPC             | RTE              | Avg.  |
+        | ------------ | ---------------- | ---------------- | ----- |
+        | Teacher      | 90.00 (1)        | 86.00 (1)        | 88.00 |
+        | Student      | 86.50 ± 0.71 (2) | 71.00 ± 1.41 (2) | 78.75 |
+        | w/ KD        | —                | —                | —     |
+        | w/ LSR       | —                | —                | —     |
+        | w/ Pseudo-KD | —                | 71.00 (1)        | —     |
+        >>> print(notes.splitlines()[-1])
+        1 run(s) not on a GLUE task ignored (cifar10).
+    """
+    glue_runs = [run for run in runs if run.get("dataset") in GLUE_TASKS]
+    others = sorted({_display(run.get("dataset")) for run in runs
+                     if run.get("dataset") not in GLUE_TASKS})
+    ignored = len(runs) - len(glue_runs)
+    ignored_note = (f"{ignored} run(s) not on a GLUE task ignored ({', '.join(others)})."
+                    if ignored else "")
+    if not glue_runs:
+        return (f"No GLUE run to lay out as P's Table 3 (tasks: {', '.join(P_TABLE3_TASKS)})"
+                + (f"; {ignored_note[:-1]}." if ignored else "."))
+    tasks = [task for task in P_TABLE3_TASKS if any(run["dataset"] == task for run in glue_runs)]
+    students_anywhere = _most_common(run["model"] for run in glue_runs if run["method"] != "ce")
+
+    # rows[key] = (label, {task: runs}); P's five rows always, other rows where there are runs.
+    p_rows = [((0, 0, ""), "Teacher"), ((1, 0, ""), "Student")] + [
+        ((2, i, ""), f"w/ {methods.get(method).label}") for i, method in enumerate(_P_TABLE3_METHODS)
+    ]
+    rows = {key: (label, {task: [] for task in tasks}) for key, label in p_rows}
+    teachers, students = {}, set()
+    for task in tasks:
+        task_runs = [run for run in glue_runs if run["dataset"] == task]
+        teacher = _glue_teacher(task, task_runs, students_anywhere)
+        if teacher:
+            teachers[task] = teacher
+        for run in task_runs:
+            method, tag = run["method"], _precision_tag(run)
+            if teacher and any(run is member for member in teacher[2]):
+                key, label = (0, 0, tag), "Teacher"
+            else:
+                students.add(run["model"])
+                if method == "ce":
+                    key, label = (1, 0, tag), "Student"
+                elif method in _P_TABLE3_METHODS:
+                    key = (2, _P_TABLE3_METHODS.index(method), tag)
+                    label = f"w/ {methods.get(method).label}"
+                else:  # a method P's Table 3 does not have: the label table() gives it
+                    column, label = _column(run, "method")
+                    key, label, tag = (3, column), f"w/ {label}", ""  # the label has the precision
+            label = f"{label} ({tag})" if tag else label
+            rows.setdefault(key, (label, {t: [] for t in tasks}))[1][task].append(run)
+
+    decimals = METRICS["glue_score"][2]
+    header = ["method", *(GLUE_TASKS[task].label for task in tasks), "Avg."]
+    body, mismatched = [], []
+    for key in sorted(rows):
+        label, cells = rows[key]
+        line, means = [label], []
+        for task in tasks:
+            _check_one_setting(cells[task], set(), f"{GLUE_TASKS[task].label} / {label}")
+            values = list(_metric_by_seed(cells[task], "glue_score").values())
+            line.append(_format_cell(values, "glue_score"))
+            if values:
+                means.append(float(np.mean(values)))
+        line.append(f"{np.mean(means):.{decimals}f}" if len(means) == len(tasks) else MISSING)
+        body.append(line)
+        if "mnli" in tasks:
+            values = _mnli_mismatched(cells["mnli"])
+            if values:
+                mismatched.append(f"{label} {_format_cell(values, 'glue_score')}")
+
+    notes = [
+        "Cells: GLUE dev score in % (Matthews correlation on CoLA, else accuracy; MNLI: "
+        "matched), mean ± sample standard deviation (ddof=1) over seeds, (n) = number of "
+        f"seeds; {MISSING} = no run. Avg.: the mean of the row's task means, {MISSING} where the "
+        "row lacks a task"
+        + (f"; over the {len(tasks)} task(s) shown, not P's {len(P_TABLE3_TASKS)}."
+           if len(tasks) < len(P_TABLE3_TASKS) else "."),
+        _models_note(tasks, teachers, students),
+    ]
+    if mismatched:
+        notes.append(f"MNLI mismatched dev accuracy (not in P's table): {'; '.join(mismatched)}.")
+    if ignored_note:
+        notes.append(ignored_note)
+    skipped = getattr(runs, "skipped", None)
+    if skipped:
+        notes.append(f"{len(skipped)} incomplete run(s) skipped.")
+    return _markdown([header, *body]) + "\n\n" + "\n".join(notes)
+
+
+def _most_common(models: Iterable[str]) -> Optional[str]:
+    """The model most runs have; ``None`` for no runs or a tie."""
+    counts: dict[str, int] = {}
+    for model in models:
+        counts[model] = counts.get(model, 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    if not ranked or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
+        return None
+    return ranked[0][0]
+
+
+def _glue_teacher(task: str, task_runs: list, students_anywhere: Optional[str]
+                  ) -> Optional[tuple[str, str, list]]:
+    """``(teacher model, how it was found, the teacher's runs)`` on one task, or ``None``
+    (see :func:`p_table3`)."""
+    ce = [run for run in task_runs if run["method"] == "ce"]
+    students = (_most_common(run["model"] for run in task_runs if run["method"] != "ce")
+                or students_anywhere or _most_common(run["model"] for run in ce))
+    named = []
+    for run in task_runs:
+        if run["method"] != "kd":
+            continue
+        path = _field(run, "teacher")
+        for candidate in ce:
+            if (isinstance(path, str) and _names_run(path, candidate)) or (
+                    run.get("teacher_model") and run.get("teacher_model") == candidate["model"]):
+                if not any(candidate is seen for seen in named):
+                    named.append(candidate)
+    named_models = sorted({run["model"] for run in named}, key=_natural)
+    if len(named_models) > 1:
+        raise ValueError(
+            f"{task}: KD runs name ce runs of {len(named_models)} models as their teacher "
+            f"({', '.join(named_models)}): pass the runs of one teacher."
+        )
+    if named_models:
+        (model,) = named_models
+        if model == students:  # a teacher of the students' own model: the named runs only
+            return model, "the ce runs KD's --teacher names, those only", named
+        return model, "the ce runs KD's --teacher names", [r for r in ce if r["model"] == model]
+    ce_models = sorted({run["model"] for run in ce}, key=lambda model: _natural(model))
+    if students is None and len(ce_models) > 1:
+        raise ValueError(
+            f"{task}: ce runs of {len(ce_models)} models ({', '.join(ce_models)}) and no way to tell "
+            "the teacher's: no KD run names a teacher, and neither the other methods' runs nor "
+            "the ce runs' counts single out the students' model. Pass the KD runs too."
+        )
+    teachers = [model for model in ce_models if model != students]
+    if len(teachers) > 1:
+        raise ValueError(
+            f"{task}: ce runs of {len(teachers)} models other than the students' ({students}): "
+            f"{', '.join(teachers)}, and no KD run naming its teacher: pass one teacher's runs."
+        )
+    if not teachers:
+        return None
+    return (teachers[0], "ce runs of a model other than the students'",
+            [run for run in ce if run["model"] == teachers[0]])
+
+
+def _names_run(teacher: str, run: Mapping[str, Any]) -> bool:
+    """Whether a KD run's ``--teacher`` (a ``.keras`` file in a run folder, or a preset
+    folder) is ``run``'s: its folder is ``run``'s ``output_dir`` as given to ``train.py``, or
+    the same directory as ``run_dir`` here."""
+    folder = pathlib.PurePath(teacher)
+    folder = folder.parent if folder.suffix == ".keras" else folder
+    output_dir = run.get("output_dir")
+    if isinstance(output_dir, str) and os.path.normpath(output_dir) == os.path.normpath(folder):
+        return True
+    run_dir = run.get("run_dir")
+    try:
+        return bool(run_dir) and pathlib.Path(folder).resolve() == pathlib.Path(run_dir).resolve()
+    except OSError:  # pragma: no cover - an unreadable path names no run
+        return False
+
+
+def _mnli_mismatched(cell_runs: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The mismatched dev scores (``glue``) of MNLI runs, ``null`` left out."""
+    info = GLUE_TASKS["mnli"]
+    values = []
+    for run in cell_runs:
+        split = (run.get("glue") or {}).get(info.dev_splits[-1]) or {}
+        value = split.get(info.metrics[0])
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values.append(float(value))
+    return values
+
+
+def _models_note(tasks: Sequence[str], teachers: Mapping[str, tuple[str, str]],
+                 students: set) -> str:
+    """Which models the Teacher and the other rows are, and how the teacher was found."""
+    found = {teachers[task][:2] for task in tasks if task in teachers}
+    if not found:
+        teacher = ("Teacher: none (no KD run names a teacher, and no ce run of a model other "
+                   "than the students')")
+    elif len(found) == 1 and len(teachers) == len(tasks):
+        model, how = next(iter(found))
+        teacher = f"Teacher: {model} ({how})"
+    else:
+        teacher = "Teacher: " + ", ".join(
+            f"{GLUE_TASKS[task].label} {teachers[task][0]} ({teachers[task][1]})"
+            if task in teachers else f"{GLUE_TASKS[task].label} none" for task in tasks
+        )
+    return (f"{teacher}; students: {', '.join(sorted(students, key=_natural)) or 'none'}.")
+
+
 def _field(run: Mapping[str, Any], key: str) -> Any:
     if key in run:
         return run[key]
@@ -776,7 +1031,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--layout", choices=LAYOUTS, default="tables",
         help="tables: error, NLL and ECE per dataset and model, and the differences to the "
-        "baseline; p_table2: P's Table 2, a row per method with accuracy and training time",
+        "baseline; p_table2: P's Table 2, a row per method with accuracy and training time; "
+        "p_table3: P's Table 3, the GLUE dev scores, a column per task and their average, "
+        "rows Teacher, Student, w/ KD, w/ LSR, w/ Pseudo-KD",
     )
     parser.add_argument(
         "--plot", metavar="CURVES.png", nargs="?", const="",
@@ -792,7 +1049,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"  {file}", file=sys.stderr)
         if not runs:
             raise ValueError(f"no completed run ({RESULTS_FILE}) under {args.run_dirs}")
-        text = table_all(runs) if args.layout == "tables" else p_table2(runs) + "\n"
+        if args.layout == "tables":
+            text = table_all(runs)
+        else:
+            text = (p_table2 if args.layout == "p_table2" else p_table3)(runs) + "\n"
         print(text, end="")
         if args.markdown:
             _io.write_text_atomic(args.markdown, text)

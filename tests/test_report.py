@@ -441,3 +441,241 @@ def test_results_written_before_precision_share_a_cell_with_newer_runs(tmp_path)
     header, rows = parse_table(report.table(report.collect([tmp_path])))
     assert header[2:] == ["Baseline", "Baseline (fp16)"]
     assert rows[0][2].endswith("(2)") and rows[0][3].endswith("(1)")
+
+
+# --------------------------------------------------------------------------
+# P's Table 3 layout (GLUE)
+# --------------------------------------------------------------------------
+
+# P's Table 3 means, the seed-0 scores of the fake runs below (Teacher: one seed).
+P_TABLE3 = {
+    "teacher": {"cola": 68.1, "mrpc": 91.9, "rte": 86.3, "sst2": 96.4, "qnli": 94.6, "qqp": 91.5,
+                "mnli": 89.9},
+    "ce": {"cola": 61.0, "mrpc": 86.5, "rte": 69.1, "sst2": 92.7, "qnli": 91.2, "qqp": 91.3,
+           "mnli": 83.4},
+    "kd": {"cola": 61.4, "mrpc": 86.1, "rte": 70.2, "sst2": 92.6, "qnli": 91.5, "qqp": 91.8,
+           "mnli": 84.4},
+    "lsr": {"cola": 60.3, "mrpc": 86.4, "rte": 70.3, "sst2": 92.8, "qnli": 91.3, "qqp": 91.5,
+            "mnli": 83.8},
+    "pseudo_kd": {"cola": 61.4, "mrpc": 86.9, "rte": 70.4, "sst2": 93.0, "qnli": 91.5,
+                  "qqp": 91.5, "mnli": 84.1},
+}
+SEED_OFFSETS = (0.0, -0.3, 0.5)  # seed s scores P's mean + SEED_OFFSETS[s]
+TEACHER, STUDENT = "roberta_large_en", "distil_roberta_base_en"
+
+
+def glue_results(task, column, seed, score=None, model=None, method=None, root="runs/p_glue",
+                 mismatched=None, **overrides):
+    """A results.json dict as text_experiment.run writes it for flags/p_table3/<task>/<column>.flags
+    (output_dir as given to train.py, relative; a KD run's --teacher the teacher's seed-0 model)."""
+    from keras_softkd.data.glue import GLUE_TASKS
+
+    info = GLUE_TASKS[task]
+    method = method or ("ce" if column == "teacher" else column)
+    model = model or (TEACHER if column == "teacher" else STUDENT)
+    if score is None:
+        score = P_TABLE3[column][task] + SEED_OFFSETS[seed]
+    teacher_dir = f"{root}/{task}/teacher/seed0"
+    hyperparameters = {
+        "alpha": {"lsr": 0.1, "pseudo_kd": 0.1, "kd": 0.5}.get(method, 0.1),
+        "temperature": 5.0, "beta": 2.0, "teacher": f"{teacher_dir}/model.keras" if method == "kd"
+        else None, "lr": 2e-5, "lr_schedule": "linear", "weight_decay": 0.01, "batch_size": 16,
+        "train_examples": None, "validation_fraction": 0.0, "keep_best": False,
+        "precision": "float32", "teacher_precision": "same", "strategy": "auto",
+        "optimizer": "adamw", "sequence_length": 128, "warmup_fraction": 0.06,
+    }
+    accuracy = 0.0 if task == "cola" else score  # CoLA's headline is a Matthews correlation
+
+    def split_scores(headline):
+        values = {info.metrics[0]: headline, **({"f1": headline + 1.0} if "f1" in info.metrics
+                                                  else {})}
+        return {**values, "nll": 0.4, "ece": 0.05, "error": 1.0 - (accuracy or 70.0) / 100}
+
+    glue = {info.dev_splits[0]: split_scores(score)}
+    if len(info.dev_splits) > 1:
+        glue[info.dev_splits[1]] = split_scores(score - 0.4 if mismatched is None else mismatched)
+    results = {
+        "method": method, "dataset": task, "model": model, "seed": seed, "epochs": 10,
+        "hyperparameters": hyperparameters,
+        "test_error": glue[info.dev_splits[0]]["error"], "test_top5_error": None,
+        "test_nll": 0.4, "test_ece": 0.05,
+        "glue": glue, "glue_metric": info.metrics[0], "glue_score": score,
+        "diverged": False, "images_per_second": 300.0, "wall_seconds": 1200.0,
+        "train_examples_used": 2490, "replicas": 1,
+        **({"teacher_model": "roberta_text_classifier"} if method == "kd" else {}),
+        "output_dir": f"{root}/{task}/{column}/seed{seed}", "completed": True,
+        "versions": {"keras_softkd": "0.1.0", "keras": "3.15.1"},
+    }
+    if method == "kd":
+        results["teacher_logits"] = "computed once over the training set before training"
+    results.update(overrides)
+    return results
+
+
+def write_glue_run(root, results):
+    """Writes ``results`` under ``root``/``results["output_dir"]``, as train.py run from ``root``."""
+    run_dir = root / results["output_dir"]
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def p_table3_rows(text):
+    header, rows = parse_table(text.split("\n\n")[0])
+    return header, {row[0]: row[1:] for row in rows}
+
+
+def test_p_table3_hand_computed_cells_and_average():
+    """Student on RTE: 69.1, 68.8, 69.6 -> mean 69.1667, sample std 0.4041 (by hand); on
+    CoLA: 61.0, 60.7, 61.5 -> 61.0667 ± 0.4041. Avg = (61.0667 + 69.1667) / 2 = 65.1167."""
+    runs = [glue_results(task, "ce", seed) for task in ("rte", "cola") for seed in range(3)]
+    runs += [glue_results(task, "teacher", 0) for task in ("rte", "cola")]
+    header, rows = p_table3_rows(report.p_table3(runs))
+    assert header == ["method", "CoLA", "RTE", "Avg."]  # P's order, not the input's
+    assert list(rows) == ["Teacher", "Student", "w/ KD", "w/ LSR", "w/ Pseudo-KD"]
+    assert rows["Student"] == ["61.07 ± 0.40 (3)", "69.17 ± 0.40 (3)", "65.12"]
+    assert rows["Teacher"] == ["68.10 (1)", "86.30 (1)", "77.20"]
+    assert rows["w/ KD"] == [report.MISSING] * 3
+
+
+def test_p_table3_full_grid_matches_numpy(tmp_path):
+    """Every task and column of flags/p_table3, 3 seeds (the teacher one): each cell is the
+    mean ± sample std of its seeds, Avg. the mean of the row's seven task means."""
+    runs = [glue_results(task, "teacher", 0) for task in P_TABLE3["ce"]]
+    runs += [glue_results(task, column, seed) for task in P_TABLE3["ce"]
+             for column in ("ce", "kd", "lsr", "pseudo_kd") for seed in range(3)]
+    text = report.p_table3(list(reversed(runs)))
+    header, rows = p_table3_rows(text)
+    order = ["cola", "mrpc", "rte", "sst2", "qnli", "qqp", "mnli"]
+    assert header == ["method", "CoLA", "MRPC", "RTE", "SST-2", "QNLI", "QQP", "MNLI", "Avg."]
+    labels = {"Teacher": "teacher", "Student": "ce", "w/ KD": "kd", "w/ LSR": "lsr",
+              "w/ Pseudo-KD": "pseudo_kd"}
+    assert list(rows) == list(labels)
+    for label, column in labels.items():
+        seeds = SEED_OFFSETS[:1] if column == "teacher" else SEED_OFFSETS
+        means = []
+        for i, task in enumerate(order):
+            values = [P_TABLE3[column][task] + offset for offset in seeds]
+            assert rows[label][i] == expected_cell(values, scale=1.0), (label, task)
+            means.append(np.mean(values))
+        assert rows[label][-1] == f"{np.mean(means):.2f}", label
+    assert rows["Teacher"][-1] == "88.39"  # P: 88.4
+    notes = text.split("\n\n")[1]
+    assert "Teacher: roberta_large_en (the ce runs KD's --teacher names)" in notes
+    assert "students: distil_roberta_base_en" in notes and "not P's" not in notes
+    mismatched = expected_cell([P_TABLE3["ce"]["mnli"] - 0.4 + o for o in SEED_OFFSETS], 1.0)
+    assert f"Student {mismatched}" in notes.split("MNLI mismatched")[1]
+
+
+def test_p_table3_teacher_is_the_other_ce_model_without_kd():
+    runs = [glue_results("rte", "teacher", 0)]
+    runs += [glue_results("rte", column, seed) for column in ("ce", "lsr") for seed in range(2)]
+    header, rows = p_table3_rows(report.p_table3(runs))
+    assert rows["Teacher"][0] == "86.30 (1)" and rows["Student"][0].endswith("(2)")
+    assert rows["w/ LSR"][0].endswith("(2)") and rows["w/ Pseudo-KD"][0] == report.MISSING
+    # ce runs only: the model with more runs is the students'; the teacher row the other.
+    only_ce = [glue_results("rte", "teacher", 0)] + [glue_results("rte", "ce", s) for s in range(3)]
+    rows = p_table3_rows(report.p_table3(only_ce))[1]
+    assert rows["Teacher"][0] == "86.30 (1)" and rows["Student"][0].endswith("(3)")
+    # One model only: no teacher, every ce run a student.
+    rows = p_table3_rows(report.p_table3(only_ce[1:]))[1]
+    assert rows["Teacher"][0] == report.MISSING and rows["Student"][0].endswith("(3)")
+    # As many runs of two ce models and nothing else: no way to tell, said rather than guessed.
+    with pytest.raises(ValueError, match="no way to tell"):
+        report.p_table3(only_ce[:2])
+    # Two candidate teachers beside the students: an error, not a mixed row.
+    other = glue_results("rte", "teacher", 0, model="roberta_base_en",
+                         output_dir="runs/p_glue/rte/teacher_base/seed0")
+    with pytest.raises(ValueError, match="2 models other than the students'"):
+        report.p_table3(runs + [other])
+
+
+def test_p_table3_kd_names_its_teacher_even_of_the_students_own_model(tmp_path):
+    """A KD teacher of the students' model (a scratch BERT) is told apart by the run KD names:
+    its folder, here an absolute path matched to run_dir (no output_dir in its results)."""
+    root = tmp_path / "runs"
+    teacher = glue_results("sst2", "teacher", 0, model="bert_tiny_scratch", score=80.0,
+                           output_dir="runs/sst2/teacher")
+    del teacher["output_dir"]
+    teacher_dir = root / "sst2" / "teacher"
+    teacher_dir.mkdir(parents=True)
+    (teacher_dir / "results.json").write_text(json.dumps(teacher))
+    for seed, score in enumerate((75.0, 77.0)):
+        write_glue_run(tmp_path, glue_results("sst2", "ce", seed, score=score,
+                                              model="bert_tiny_scratch", root="runs"))
+        kd = glue_results("sst2", "kd", seed, score=score + 1, model="bert_tiny_scratch",
+                          root="runs")
+        kd["hyperparameters"]["teacher"] = str(teacher_dir / "model.keras")
+        write_glue_run(tmp_path, kd)
+    text = report.p_table3(report.collect([root]))
+    rows = p_table3_rows(text)[1]
+    assert rows["Teacher"] == ["80.00 (1)", "80.00"]
+    assert rows["Student"] == ["76.00 ± 1.41 (2)", "76.00"]
+    assert rows["w/ KD"] == ["77.00 ± 1.41 (2)", "77.00"]
+    assert "those only" in text
+
+
+def test_p_table3_two_kd_teachers_and_a_third_model_are_errors():
+    runs = [glue_results("rte", "teacher", 0), glue_results("rte", "kd", 0)]
+    second = glue_results("rte", "teacher", 0, model="roberta_base_en",
+                          output_dir="runs/p_glue/rte/teacher2/seed0")
+    kd2 = glue_results("rte", "kd", 1)
+    kd2["hyperparameters"]["teacher"] = "runs/p_glue/rte/teacher2/seed0/model.keras"
+    with pytest.raises(ValueError, match="as their teacher"):
+        report.p_table3(runs + [second, kd2])
+    # A third model's ce runs beside the students' in the Student row: the cell check says so.
+    third = glue_results("rte", "ce", 1, model="bert_tiny_scratch")
+    with pytest.raises(ValueError, match="differ in model"):
+        report.p_table3(runs + [glue_results("rte", "ce", 0), third])
+
+
+def test_p_table3_missing_tasks_and_rows_without_every_task_have_no_average():
+    runs = [glue_results(task, "ce", seed) for task in ("mnli", "sst2") for seed in range(2)]
+    runs += [glue_results("sst2", "pseudo_kd", 0), glue_results("mnli", "lsr", 0)]
+    runs[-1].update(glue_score=None, glue=None)  # a diverged run: no score, does not count
+    text = report.p_table3(runs)
+    header, rows = p_table3_rows(text)
+    assert header == ["method", "SST-2", "MNLI", "Avg."]  # only the tasks with runs
+    student = [np.mean([P_TABLE3["ce"][t] + o for o in SEED_OFFSETS[:2]]) for t in ("sst2", "mnli")]
+    assert rows["Student"][-1] == f"{np.mean(student):.2f}"
+    assert rows["w/ Pseudo-KD"] == ["93.00 (1)", report.MISSING, report.MISSING]
+    assert rows["w/ LSR"] == [report.MISSING] * 3
+    assert "over the 2 task(s) shown, not P's 7" in text
+    assert "Teacher: none" in text
+
+
+def test_p_table3_ignores_image_runs_and_says_when_there_is_no_glue_run(tmp_path, capsys):
+    images = [make_run(tmp_path / "img", f"ce{s}", "ce", s) for s in range(2)]
+    text = report.p_table3(images + [glue_results("rte", "ce", 0)])
+    assert text.splitlines()[-1] == "2 run(s) not on a GLUE task ignored (cifar100)."
+    assert p_table3_rows(text)[0] == ["method", "RTE", "Avg."]
+    line = report.p_table3(images)
+    assert line.startswith("No GLUE run") and "cifar100" in line and "\n" not in line
+    assert report.main([str(tmp_path / "img"), "--layout=p_table3"]) == 0
+    assert capsys.readouterr().out == line + "\n"
+
+
+def test_p_table3_end_to_end_through_main(tmp_path, capsys, monkeypatch):
+    """results.json files where the flagfiles write them, read by the command line."""
+    monkeypatch.chdir(tmp_path)
+    for task in ("rte", "mrpc", "mnli"):
+        write_glue_run(tmp_path, glue_results(task, "teacher", 0))
+        for column in ("ce", "kd", "lsr", "pseudo_kd"):
+            for seed in range(3):
+                write_glue_run(tmp_path, glue_results(task, column, seed))
+    unfinished = glue_results("rte", "ce", 1, output_dir="runs/p_glue/rte/ce/seed9")
+    write_glue_run(tmp_path, {**unfinished, "completed": False})
+    write_glue_run(tmp_path, glue_results("mnli", "teacher", 0, root="other", mismatched=88.0))
+    out = tmp_path / "table3.md"
+    argv = ["runs/p_glue", "--layout=p_table3", "--markdown", str(out)]
+    assert report.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed == out.read_text() == report.p_table3(report.collect(["runs/p_glue"])) + "\n"
+    header, rows = p_table3_rows(printed)
+    assert header == ["method", "MRPC", "RTE", "MNLI", "Avg."]
+    kd = [P_TABLE3["kd"]["rte"] + o for o in SEED_OFFSETS]
+    assert rows["w/ KD"][1] == f"{np.mean(kd):.2f} ± {np.std(kd, ddof=1):.2f} (3)"
+    teacher = [P_TABLE3["teacher"][t] for t in ("mrpc", "rte", "mnli")]
+    assert rows["Teacher"] == [f"{v:.2f} (1)" for v in teacher] + [f"{np.mean(teacher):.2f}"]
+    assert printed.rstrip().splitlines()[-1] == "1 incomplete run(s) skipped."
+    assert f"Teacher {P_TABLE3['teacher']['mnli'] - 0.4:.2f} (1)" in printed
