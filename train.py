@@ -26,7 +26,7 @@ from absl import app, flags  # noqa: E402
 
 from keras_softkd import methods  # noqa: E402
 from keras_softkd.losses import TF_REG_FORMS  # noqa: E402
-from keras_softkd.precision import PRECISIONS, TEACHER_PRECISIONS  # noqa: E402
+from keras_softkd.precision import AUTO, PRECISIONS, TEACHER_PRECISIONS  # noqa: E402
 from keras_softkd.config import (  # noqa: E402
     DATASETS,
     LR_SCHEDULES,
@@ -102,13 +102,18 @@ flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initiali
 flags.DEFINE_string("output_dir", "runs/{method}/seed{seed}",
                     "Where results, checkpoints and logs go; {method} and {seed} are filled in.")
 flags.DEFINE_enum("strategy", "auto", STRATEGIES, "tf.distribute strategy.")
-flags.DEFINE_enum("precision", "float32", list(PRECISIONS),
-                  "Keras dtype policy of training: float32; mixed_float16 or mixed_bfloat16 "
-                  "(float32 weights, 16-bit compute; logits, losses and metrics in float32).")
-flags.DEFINE_enum("teacher_precision", "same", list(TEACHER_PRECISIONS),
+flags.DEFINE_enum("precision", "float32", [*PRECISIONS, AUTO],
+                  "Keras dtype policy of training: float32 (default); mixed_float16 or "
+                  "mixed_bfloat16 (float32 weights, 16-bit compute; logits, losses and metrics in "
+                  "float32); auto: mixed_bfloat16 where the hardware computes bfloat16 natively, "
+                  "else float32.")
+flags.DEFINE_enum("teacher_precision", AUTO, [*TEACHER_PRECISIONS, AUTO],
                   "Teachers running without gradients (MrKD's memories, KD's --teacher): in the "
                   "student's precision (same), or through a bfloat16 copy of their layers, "
-                  "float32 logits (bfloat16).")
+                  "float32 logits (bfloat16); auto (default): bfloat16 where the hardware computes "
+                  "bfloat16 natively, the method has such teachers, the dataset is an image one "
+                  "and the student trains in float32, else same. results.json records the value "
+                  "used and why; a resumed run keeps the values it started with.")
 flags.DEFINE_bool("mixed_precision", None,
                   "Deprecated: --mixed_precision is --precision=mixed_float16 (and "
                   "--nomixed_precision --precision=float32).")

@@ -39,7 +39,8 @@ from typing import Optional
 from keras_softkd import methods
 from keras_softkd.data.glue import GLUE_TASKS
 from keras_softkd.losses import TF_REG_FORMS
-from keras_softkd.precision import PRECISIONS, TEACHER_PRECISIONS
+from keras_softkd.precision import AUTO, PRECISIONS, TEACHER_PRECISIONS
+from keras_softkd.precision import resolve as resolve_precision
 
 # Thin names derived from the method table (keras_softkd.methods), kept for their readers.
 METHODS = tuple(methods.names())
@@ -127,8 +128,8 @@ class ExperimentConfig:
     ema_every: Optional[str] = None
     seed: int = 0
     strategy: str = "auto"
-    precision: str = "float32"
-    teacher_precision: str = "same"
+    precision: str = "float32"  # or "auto"; resolved() resolves it (keras_softkd.precision)
+    teacher_precision: str = "auto"
     train_examples: Optional[int] = None
     validation_fraction: float = 0.0
     keep_best: bool = False
@@ -136,7 +137,8 @@ class ExperimentConfig:
 
     def resolved(self) -> "ExperimentConfig":
         """Checks every field and fills the protocol's and the method's defaults; raises
-        :class:`UsageError`."""
+        :class:`UsageError`. ``auto`` precisions are resolved last (:meth:`precision_choice`):
+        a resolved config holds the values a run uses."""
         _one_of("method", self.method, METHODS)
         _one_of("dataset", self.dataset, DATASETS)
         protocol = self._protocol_defaults()
@@ -145,9 +147,10 @@ class ExperimentConfig:
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("strategy", self.strategy, STRATEGIES)
-        _one_of("precision", self.precision, PRECISIONS)
-        _one_of("teacher_precision", self.teacher_precision, TEACHER_PRECISIONS)
-        if self.teacher_precision != "same" and not methods.get(self.method).teachers:
+        _one_of("precision", self.precision, (*PRECISIONS, AUTO))
+        _one_of("teacher_precision", self.teacher_precision, (*TEACHER_PRECISIONS, AUTO))
+        # An explicit value is checked; auto never fails (it resolves to "same" where it must).
+        if self.teacher_precision not in ("same", AUTO) and not methods.get(self.method).teachers:
             uses = [name for name in METHODS if methods.get(name).teachers]
             raise UsageError(
                 f"--teacher_precision does not apply to --method={self.method}, which has no "
@@ -235,11 +238,21 @@ class ExperimentConfig:
         for name, required in methods.get(self.method).required().items():
             if not values.get(name):
                 raise UsageError(f"--method={self.method} needs --{name}, {required.what}.")
+        values["precision"], values["teacher_precision"], _ = self.precision_choice()
         # Flagfiles name output folders with {method} and {seed}: one preset, many runs.
         values["output_dir"] = self.output_dir.replace("{method}", self.method).replace(
             "{seed}", str(self.seed)
         )
         return dataclasses.replace(self, **values)
+
+    def precision_choice(self) -> tuple[str, str, str]:
+        """``(precision, teacher_precision, why)``: ``auto`` resolved for this method and
+        dataset by :func:`keras_softkd.precision.resolve` (the rule; the hardware is asked only
+        where the answer matters); explicit values as they are, ``why`` ``"as given"``."""
+        return resolve_precision(
+            self.precision, self.teacher_precision,
+            has_teachers=methods.get(self.method).teachers, text=is_text(self.dataset),
+        )
 
     def hyperparameters(self) -> dict:
         """The hyper-parameters recorded in ``results.json``.
@@ -293,10 +306,11 @@ class ExperimentConfig:
                 f"a text model: {', '.join(TEXT_MODELS)}, a KerasHub preset (roberta_large_en, "
                 "...) or a local preset directory."
             )
-        if self.teacher_precision != "same":
+        if self.teacher_precision not in ("same", AUTO):
             raise UsageError(
                 f"--teacher_precision does not apply on the text datasets (--dataset={self.dataset}): "
-                "KD's teacher runs once before training, its logits stored; leave it 'same'."
+                "KD's teacher runs once before training, its logits stored; leave it 'same' or "
+                "'auto'."
             )
         if not methods.get(self.method).text:
             works = [name for name in METHODS if methods.get(name).text]

@@ -301,8 +301,8 @@ def is_chief(strategy: Optional[object] = None) -> bool:
     return task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
 
 
-def output_dir(path, strategy: Optional[object] = None) -> str:
-    """Where this process writes what would go to ``path``, created if missing.
+def output_dir(path, strategy: Optional[object] = None, create: bool = True) -> str:
+    """Where this process writes what would go to ``path``, created if missing (``create``).
 
     ``path`` itself on the chief (:func:`is_chief`); on any other worker a
     folder of its own under the temporary directory, derived from the task and
@@ -313,7 +313,8 @@ def output_dir(path, strategy: Optional[object] = None) -> str:
         task_type, index, _ = _task(strategy)
         root = os.path.join(tempfile.gettempdir(), f"keras_softkd_{task_type}_{index}")
         path = os.path.join(root, os.path.abspath(path).lstrip(os.sep).replace(":", ""))
-    os.makedirs(path, exist_ok=True)
+    if create:
+        os.makedirs(path, exist_ok=True)
     return path
 
 

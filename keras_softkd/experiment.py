@@ -2,7 +2,9 @@
 
 The data's way through :func:`run`:
 
-1. ``config.resolved()``: the method's defaults filled in, every value checked.
+1. ``config.resolved()``: the method's defaults filled in, every value checked, ``auto``
+   precisions resolved (:func:`keras_softkd.precision.resolve`); :func:`start` keeps the
+   precisions a resumed run started with (:func:`run_precision`).
 2. :func:`load_data`: train/test arrays (TFDS or local files), optional subset
    and held-out validation split.
 3. :func:`build_trainer`: the network from the registry, wrapped or given a
@@ -22,17 +24,20 @@ A GLUE task (``--dataset=rte``...) takes the same steps on texts in
 
 Output directory::
 
-    results.json        method, hyper-parameters, test_error/top5/nll/ece, speed, versions
+    results.json        method, hyper-parameters (the precisions resolved), precision_requested
+                        and precision_reason, test_error/top5/nll/ece, speed, versions
     history.csv         one row per epoch (Keras CSVLogger)
     model.keras         the trained student
     model_best.keras    with --keep_best: the student at its best held-out accuracy
     best.json           its epoch and val_accuracy
-    checkpoint/         weights + optimizer + MrKD memory or PS-KD table, and the epoch reached
+    checkpoint/         weights + optimizer + MrKD memory or PS-KD table, the epoch reached and
+                        the precisions the run started with (state.json)
     tensorboard/        TensorBoard logs
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
@@ -48,6 +53,7 @@ from keras_softkd import __version__, data, distribute, methods, metrics, models
 from keras_softkd._io import write_atomic, write_json_atomic, write_text_atomic
 from keras_softkd.config import ExperimentConfig, UsageError, is_text
 from keras_softkd.optimizers import LinearWarmupDecay, PyTorchSGD
+from keras_softkd.precision import AUTO
 
 RESULTS = "results.json"
 
@@ -58,21 +64,22 @@ def run(config: ExperimentConfig) -> dict:
     Raises :class:`UsageError` (before any training) for bad values, missing
     or corrupt data, a finished run in ``output_dir`` (unless ``overwrite``),
     or an unusable teacher. A run started again with the same ``output_dir``
-    resumes from its last epoch checkpoint.
+    resumes from its last epoch checkpoint, in the precisions it started with.
     """
+    asked = config
     config = config.resolved()
     if is_text(config.dataset):  # GLUE (P section 4.2): the same steps on texts
         from keras_softkd import text_experiment  # KerasHub: imported for text runs only
 
-        return text_experiment.run(config)
-    output, strategy = start(config)
+        return text_experiment.run(config, asked)
+    config, precision, output, strategy = start(config, asked)
     (x_train, y_train), (x_eval, y_eval), (x_test, y_test) = load_data(config)
     # Created once the data is there: a run that cannot start leaves nothing behind.
     # Only the chief writes the run's files; each other worker keeps its own stable
     # folder (same after a restart, so its checkpoints resume too).
     files = pathlib.Path(distribute.output_dir(str(output), strategy))
     num_classes = data.DATASETS[config.dataset].num_classes
-    checkpoint = EpochCheckpoint(files / "checkpoint")
+    checkpoint = EpochCheckpoint(files / "checkpoint", precision)
     first_epoch = checkpoint.epoch_reached()
     # tf.data on TensorFlow, a NumPy PyDataset on JAX and PyTorch (no TensorFlow needed).
     split = _devices_splitting_each_batch(config, strategy)
@@ -113,7 +120,7 @@ def run(config: ExperimentConfig) -> dict:
         else metrics.evaluate_logits(y_test, logits)
     )
     results = run_results(config, output, strategy, trainer, scores, diverged, speed, started,
-                          checkpoint, len(x_train), best)
+                          checkpoint, len(x_train), best, precision)
     finish(files, student, results)
     return results
 
@@ -123,14 +130,67 @@ def run(config: ExperimentConfig) -> dict:
 # --------------------------------------------------------------------------
 
 
-def start(config: ExperimentConfig):
-    """``(output folder, strategy)``: refuses a finished run, seeds, sets the precision."""
+def start(config: ExperimentConfig, asked: ExperimentConfig | None = None):
+    """``(config, precision, output folder, strategy)``: refuses a finished run, keeps the
+    precisions of a run it resumes (:func:`run_precision`; ``asked``: the config as given,
+    before ``resolved()``), seeds, sets the precision."""
     output = pathlib.Path(config.output_dir)
     _refuse_finished_run(output, config.overwrite)
     strategy = _strategy(config)
+    files = pathlib.Path(distribute.output_dir(str(output), strategy, create=False))
+    started = EpochCheckpoint.started_with(files / "checkpoint")
+    config, precision = run_precision(asked or config, config, started)
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(config.precision)
-    return output, strategy
+    return config, precision, output, strategy
+
+
+#: What ``auto`` stands for in a checkpoint written before ``auto`` (it records no precision).
+_BEFORE_AUTO = {"precision": "float32", "teacher_precision": "same"}
+_KEPT = "; kept on resuming"  # said once, however often a run is resumed
+
+
+def run_precision(asked: ExperimentConfig, config: ExperimentConfig,
+                  started: dict | None) -> tuple[ExperimentConfig, dict]:
+    """``(config, precision)``: the config whose precisions the run uses, and their record.
+
+    ``precision``: ``{"precision", "teacher_precision"}`` (the values used), ``requested``
+    (``asked``'s values: ``auto`` or explicit) and ``reason`` (one line); the checkpoint's
+    ``state.json`` keeps it, ``results.json`` writes ``precision_requested`` and
+    ``precision_reason`` (the values themselves are in ``hyperparameters``).
+
+    ``started``: the record of the checkpoint the run resumes (``{}``: a checkpoint from
+    before ``auto``, ``None``: a new run). A resumed run keeps the precisions it started
+    with, whatever this machine's hardware: a flag asked as ``auto`` takes the recorded
+    value (another machine may resolve ``auto`` otherwise; a run does not change precision
+    midway), and an explicit value other than the recorded one is refused (one line). A
+    checkpoint from before ``auto`` was trained at that time's defaults where ``auto`` is
+    asked now (float32, ``same``); its explicit values are not checked.
+    """
+    names = ("precision", "teacher_precision")
+    requested = {name: getattr(asked, name) for name in names}
+    reason = asked.precision_choice()[2]
+    kept = {}
+    for name in names:
+        was = (started or {}).get(name)
+        if started is not None and requested[name] == AUTO:
+            was = was or _BEFORE_AUTO[name]
+            if was != getattr(config, name):
+                kept[name] = was
+        elif was is not None and was != getattr(config, name):
+            raise UsageError(
+                f"--output_dir={config.output_dir!r} holds a run started with --{name}={was}: "
+                f"resume it with --{name}={was} (or auto), or choose another --output_dir."
+            )
+    if started is not None:
+        here, reason = reason, started.get(
+            "reason", "resumed from a checkpoint that records no precision (written before auto)"
+        )
+        if kept:  # checked again: the recorded values must suit this config too
+            config = dataclasses.replace(config, **kept).resolved()
+            reason = reason.split(_KEPT)[0] + f"{_KEPT}, where auto resolves otherwise ({here})"
+    values = {name: getattr(config, name) for name in names}
+    return config, {**values, "requested": requested, "reason": reason}
 
 
 def run_callbacks(config: ExperimentConfig, files: pathlib.Path, checkpoint: "EpochCheckpoint",
@@ -152,8 +212,10 @@ def run_callbacks(config: ExperimentConfig, files: pathlib.Path, checkpoint: "Ep
 
 def run_results(config: ExperimentConfig, output: pathlib.Path, strategy, trainer: keras.Model,
                 scores: dict, diverged: bool, speed: "Throughput", started: float,
-                checkpoint: "EpochCheckpoint", examples: int, best: "BestModel | None") -> dict:
-    """The ``results.json`` of a run (``images_per_second``: examples per second on text)."""
+                checkpoint: "EpochCheckpoint", examples: int, best: "BestModel | None",
+                precision: dict | None = None) -> dict:
+    """The ``results.json`` of a run (``images_per_second``: examples per second on text);
+    ``precision``: :func:`run_precision`'s record (what was asked, and why these values)."""
     teacher = getattr(trainer, "teacher", None)  # KDModel's
     return {
         "method": config.method,
@@ -162,6 +224,8 @@ def run_results(config: ExperimentConfig, output: pathlib.Path, strategy, traine
         "seed": config.seed,
         "epochs": config.epochs,
         "hyperparameters": config.hyperparameters(),
+        **({"precision_requested": precision["requested"], "precision_reason": precision["reason"]}
+           if precision else {}),
         **scores,
         "diverged": diverged,
         "images_per_second": speed.images_per_second(),
@@ -414,13 +478,23 @@ class EpochCheckpoint(keras.callbacks.Callback):
     belong to.
     """
 
-    def __init__(self, directory: pathlib.Path):
+    def __init__(self, directory: pathlib.Path, precision: dict | None = None):
         super().__init__()
         self.directory = pathlib.Path(directory)
         self.weights = self.directory / "weights.weights.h5"
         self.state = self.directory / "state.json"
+        self.precision = precision  # run_precision's record, kept for a resumed run
         self._wall_before = 0.0
         self._started = time.perf_counter()
+
+    @staticmethod
+    def started_with(directory: pathlib.Path) -> dict | None:
+        """The precision record of the checkpoint in ``directory`` (``{}`` for one written
+        before ``auto``), ``None`` without a checkpoint."""
+        state = pathlib.Path(directory) / "state.json"
+        if not state.exists():
+            return None
+        return json.loads(state.read_text()).get("precision", {})
 
     def epoch_reached(self) -> int:
         """The number of epochs the checkpoint holds (0 without one): where training resumes."""
@@ -446,7 +520,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         write_atomic(self.weights, lambda tmp: self.model.save_weights(tmp))
         wall = self._wall_before + time.perf_counter() - self._started
-        write_json_atomic(self.state, {"epoch": epoch + 1, "wall_seconds": wall})
+        precision = {"precision": self.precision} if self.precision else {}
+        write_json_atomic(self.state, {"epoch": epoch + 1, "wall_seconds": wall, **precision})
 
 
 class BestModel(keras.callbacks.Callback):

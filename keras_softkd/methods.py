@@ -32,7 +32,8 @@ An entry (:class:`Method`) holds:
   Its defaults there come from :class:`OnGlue` entries (P section 4.2, Appendix C).
 * ``teachers``: whether it has teachers that run without gradients in
   inference mode (MrKD's memories, KD's fixed network): ``--teacher_precision``
-  applies to them (``keras_softkd.precision``). A run-time choice, not a
+  applies to them (``keras_softkd.precision``; its default ``auto`` runs them in
+  bfloat16 where the hardware computes it natively). A run-time choice, not a
   hyper-parameter of the method, so not among ``parameters``.
 
 Spellings of one method:

@@ -56,19 +56,20 @@ from keras_softkd.preprocessing import with_teacher_logits
 EVAL_BATCH = 256
 
 
-def run(config: ExperimentConfig) -> dict:
-    """Trains and evaluates one resolved configuration on a GLUE task; returns ``results.json``.
+def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict:
+    """Trains and evaluates one resolved configuration on a GLUE task; returns ``results.json``
+    (``asked``: the config as given, whose precisions ``results.json`` records as requested).
 
     Raises :class:`UsageError` for missing or bad data, a model KerasHub cannot
     build (offline: an uncached preset), or an unusable teacher.
     """
-    output, strategy = experiment.start(config)
+    config, precision, output, strategy = experiment.start(config, asked)
     (train_texts, y_train), held_out, dev = load_texts(config)
     task = glue.get(config.dataset)
     with strategy.scope():  # before any file is written: a model it cannot build leaves none
         student = build_student(config, task.num_classes, train_texts)
     files = pathlib.Path(distribute.output_dir(str(output), strategy))
-    checkpoint = experiment.EpochCheckpoint(files / "checkpoint")
+    checkpoint = experiment.EpochCheckpoint(files / "checkpoint", precision)
     first_epoch = checkpoint.epoch_reached()
     steps_per_epoch = -(-len(y_train) // config.batch_size)
     speed, best, callbacks = experiment.run_callbacks(
@@ -104,7 +105,7 @@ def run(config: ExperimentConfig) -> dict:
     scores, diverged = dev_scores(config.dataset, dev, logits)
     results = experiment.run_results(
         config, output, strategy, trainer, scores, diverged, speed, started, checkpoint,
-        len(y_train), best,
+        len(y_train), best, precision,
     )
     if teacher is not None:
         results["teacher_logits"] = "computed once over the training set before training"

@@ -113,9 +113,10 @@ from keras_softkd.config import ExperimentConfig
 data_dir, out = sys.argv[1], sys.argv[2]
 results = {{}}
 for strategy in ("one_device", "mirrored"):
+    # float32 teachers: the runs compare float32 sums in two orders (auto could pick bfloat16)
     config = ExperimentConfig(method="mrkd", copies=2, kappa=1, model="resnet20", epochs=2,
                               batch_size=32, data_dir=data_dir, seed=2, strategy=strategy,
-                              output_dir=f"{{out}}/{{strategy}}")
+                              teacher_precision="same", output_dir=f"{{out}}/{{strategy}}")
     results[strategy] = experiment.run(config)
     student = keras.models.load_model(f"{{out}}/{{strategy}}/model.keras")
     results[strategy]["weights"] = [np.asarray(w).tolist() for w in student.get_weights()[:4]]
@@ -124,9 +125,9 @@ print("RESULTS=" + json.dumps(results))
 
 
 def run_on_one_and_two_devices(tmp_path: pathlib.Path, prelude: str, env: dict) -> dict:
-    """``experiment.run`` (MrKD n = 2, kappa = 1, 2 epochs on tiny data) with ``strategy``
-    ``one_device`` and ``mirrored``, in a fresh process whose set-up is ``prelude`` (code run
-    before Keras is imported). Returns ``{"one_device": results, "mirrored": results}``,
+    """``experiment.run`` (MrKD n = 2, kappa = 1, 2 epochs on tiny data, float32 teachers) with
+    ``strategy`` ``one_device`` and ``mirrored``, in a fresh process whose set-up is ``prelude``
+    (code run before Keras is imported). Returns ``{"one_device": results, "mirrored": results}``,
     each with the student's first four weight arrays under ``"weights"``."""
     import json
     import subprocess

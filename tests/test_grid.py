@@ -48,6 +48,9 @@ def fake_finished_run(cell: grid.Cell, completed: bool = True, error: float = 0.
         ("mrkd3_tc:gamma=0.5:kappa=2", "mrkd3_tc_gamma0.5_kappa2",
          ["--method=mrkd_tc", "--copies=3", "--gamma=0.5", "--kappa=2"]),
         ("ce:lr=0.05", "ce_lr0.05", ["--method=ce", "--lr=0.05"]),
+        ("mrkd1:teacher_precision=auto", "mrkd1_teacher_precisionauto",
+         ["--method=mrkd", "--copies=1", "--teacher_precision=auto"]),
+        ("ce:precision=auto", "ce_precisionauto", ["--method=ce", "--precision=auto"]),
     ],
 )
 def test_column_names_map_to_train_flags(spec, name, flags):

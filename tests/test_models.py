@@ -16,6 +16,7 @@ from keras_softkd.models._layers import (
     Layers,
     ZeroPadShortcut,
 )
+from keras_softkd.precision import TeacherNetwork
 
 NAMES = [
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet164",
@@ -121,6 +122,12 @@ def test_build(name, num_classes):
     assert 0 < np.abs(bias).max() <= bound
     assert np.count_nonzero(bias) == num_classes
     assert len(np.unique(bias)) > num_classes // 2  # drawn, not a constant
+
+    # train.py's default --teacher_precision=auto runs MrKD's copies (and a registry network as
+    # KD's teacher) through a bfloat16 clone where bfloat16 is native: every network must clone
+    # layer by layer, holding its variables in its order (TeacherNetwork checks that).
+    if num_classes == 10:
+        TeacherNetwork(model, "bfloat16")
 
 
 @pytest.mark.parametrize("name", SMALL)

@@ -32,9 +32,9 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import DATA_ENV, write_tiny_cifar
+from conftest import DATA_ENV, tensorflow_only, write_tiny_cifar
 from keras_softkd import experiment, methods, models
-from keras_softkd.config import ExperimentConfig, UsageError
+from keras_softkd.config import ExperimentConfig, UsageError, is_text
 from keras_softkd.distillation import KDModel
 from keras_softkd.memory_replay import MrKDModel
 from keras_softkd import precision
@@ -105,7 +105,9 @@ def test_every_method_trains_a_step_under_each_precision(name, policy, tmp_path)
     finite metrics (PS-KD's teacher diagnostics are NaN in its first epoch, by design); every variable of the trainer (student, memories, PS-KD's table, KR-LS's
     matrix, optimizer, metrics) stays finite, and the student's weights stay float32."""
     keras.mixed_precision.set_global_policy(policy)
-    fields = {"method": name, "epochs": 8, "precision": policy}  # kappa = 1 step: copies teach
+    # kappa = 1 step: copies teach. Teachers in the student's precision on every machine (auto
+    # would give bfloat16 ones under float32 where native; they have their test below).
+    fields = {"method": name, "epochs": 8, "precision": policy, "teacher_precision": "same"}
     if "teacher" in methods.get(name).required():
         tiny_network(seed=1).save(tmp_path / "teacher.keras")
         fields["teacher"] = str(tmp_path / "teacher.keras")
@@ -365,3 +367,198 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(precision, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+# -- auto: the defaults where the hardware computes bfloat16 natively (precision.resolve) ----
+
+NATIVE = (True, "CPU with avx512_bf16")
+NOT_NATIVE = (False, "CPU without avx512_bf16, amx_bf16 or bf16")
+
+
+@pytest.fixture
+def hardware(monkeypatch):
+    """``hardware(answer)``: what ``native_bfloat16`` says from now on in this test (the
+    config and the run ask it through the module), whatever this machine is."""
+    def set_answer(answer):
+        monkeypatch.setattr(precision, "native_bfloat16", lambda: answer)
+
+    return set_answer
+
+
+@pytest.mark.parametrize("native", [NATIVE, NOT_NATIVE])
+@pytest.mark.parametrize("student", PRECISIONS)
+@pytest.mark.parametrize("text", [False, True])
+@pytest.mark.parametrize("name", methods.names())
+def test_auto_teachers_are_bfloat16_only_where_native_with_teachers_on_images_beside_float32(
+        name, text, student, native):
+    has_teachers = methods.get(name).teachers
+    resolved, teachers, why = precision.resolve(student, "auto", has_teachers, text, native=native)
+    expected = "bfloat16" if native[0] and has_teachers and not text and student == "float32" else "same"
+    assert (resolved, teachers) == (student, expected)
+    assert why.startswith(f"teacher_precision=auto: {expected}, ")
+    if expected == "bfloat16":
+        assert why.endswith(f"native on {native[1]}")
+
+
+def test_auto_resolves_per_kind_of_method_and_dataset():
+    """The rule's cases by name: MrKD and KD on images, CE (no teachers), KD on text."""
+    on = {"native": NATIVE}
+    assert precision.resolve("float32", "auto", True, False, **on)[:2] == ("float32", "bfloat16")
+    assert precision.resolve("float32", "auto", True, False, native=NOT_NATIVE)[:2] == ("float32", "same")
+    assert precision.resolve("float32", "auto", False, False, **on)[:2] == ("float32", "same")
+    assert precision.resolve("float32", "auto", True, True, **on)[:2] == ("float32", "same")
+    # --precision=auto: bfloat16 compute where native, and then its teachers come along
+    assert precision.resolve("auto", "auto", True, False, **on) == (
+        "mixed_bfloat16", "same", "precision=auto: mixed_bfloat16, native on CPU with avx512_bf16; "
+        "teacher_precision=auto: same, the student computes in bfloat16")
+    assert precision.resolve("auto", "auto", True, False, native=NOT_NATIVE)[:2] == ("float32", "same")
+    assert precision.resolve("auto", "bfloat16", True, False, native=NOT_NATIVE)[:2] == (
+        "float32", "bfloat16")  # an explicit value stays
+    assert precision.resolve("mixed_float16", "auto", True, False, **on)[:2] == ("mixed_float16", "same")
+
+
+def test_the_hardware_is_asked_only_where_the_answer_matters(monkeypatch):
+    def no(*_):
+        raise AssertionError("native_bfloat16 was asked")
+
+    monkeypatch.setattr(precision, "native_bfloat16", no)
+    assert precision.resolve("float32", "same", True, False) == ("float32", "same", "as given")
+    assert precision.resolve("float32", "auto", False, False)[1] == "same"  # no teachers
+    assert precision.resolve("float32", "auto", True, True)[1] == "same"  # text
+    assert precision.resolve("mixed_bfloat16", "auto", True, False)[1] == "same"
+    with pytest.raises(AssertionError, match="asked"):
+        precision.resolve("float32", "auto", True, False)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "rte"])
+@pytest.mark.parametrize("name", methods.names())
+def test_the_config_resolves_auto_and_never_fails_on_it(name, dataset, hardware):
+    """--teacher_precision's default is auto; resolved() turns it into the value a run uses (for
+    every method, on images and on text), and --precision=auto too."""
+    hardware(NATIVE)
+    fields = {"method": name, "dataset": dataset}
+    fields.update({"teacher": "t.keras"} if "teacher" in methods.get(name).required() else {})
+    if is_text(dataset):
+        if not methods.get(name).text:
+            return  # refused on text for another reason (tests/test_methods.py)
+        fields["model"] = "bert_tiny_scratch"
+    assert ExperimentConfig(**fields).teacher_precision == "auto"
+    resolved = ExperimentConfig(**fields).resolved()
+    teachers = methods.get(name).teachers and not is_text(dataset)
+    assert (resolved.precision, resolved.teacher_precision) == (
+        "float32", "bfloat16" if teachers else "same")
+    assert resolved.resolved() == resolved  # resolving again changes nothing
+    both = ExperimentConfig(precision="auto", **fields).resolved()
+    assert (both.precision, both.teacher_precision) == ("mixed_bfloat16", "same")
+    hardware(NOT_NATIVE)
+    resolved = ExperimentConfig(precision="auto", **fields).resolved()
+    assert (resolved.precision, resolved.teacher_precision) == ("float32", "same")
+
+
+@pytest.mark.parametrize(
+    "fields,flag",
+    [
+        ({"precision": "bfloat16"}, "precision"),
+        ({"method": "mrkd", "teacher_precision": "float16"}, "teacher_precision"),
+    ],
+)
+def test_a_bad_value_names_the_valid_ones_auto_included(fields, flag):
+    with pytest.raises(UsageError) as error:
+        ExperimentConfig(**fields).resolved()
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"--{flag}=")
+    valid = PRECISIONS if flag == "precision" else precision.TEACHER_PRECISIONS
+    assert message.endswith(f"choose one of: {', '.join(valid)}, auto.")
+
+
+def tiny_run_settings(tmp_path, monkeypatch, **fields):
+    def network(name, num_classes, synchronized_batchnorm=False):
+        return tiny_network(seed=0, size=32)
+
+    monkeypatch.setattr(experiment.models, "build", network)
+    data_dir = write_tiny_cifar(tmp_path / "data", train=16, test=8)
+    settings = dict(method="mrkd", copies=1, kappa=1.0, epochs=2, batch_size=8,
+                    data_dir=str(data_dir))
+    return {**settings, **fields}
+
+
+@pytest.mark.parametrize("native", [NATIVE, NOT_NATIVE])
+def test_a_run_records_the_resolved_precisions_what_was_asked_and_why(native, tmp_path, monkeypatch,
+                                                                      hardware):
+    hardware(native)
+    settings = tiny_run_settings(tmp_path, monkeypatch, epochs=1)
+    experiment.run(ExperimentConfig(output_dir=str(tmp_path / "run"), **settings))
+    written = json.loads((tmp_path / "run" / "results.json").read_text())
+    teachers = "bfloat16" if native[0] else "same"
+    assert written["hyperparameters"]["precision"] == "float32"
+    assert written["hyperparameters"]["teacher_precision"] == teachers
+    assert written["precision_requested"] == {"precision": "float32", "teacher_precision": "auto"}
+    assert written["precision_reason"] == (
+        f"teacher_precision=auto: {teachers}, {'native on' if native[0] else 'not native:'} {native[1]}")
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["precision"]["teacher_precision"] == teachers
+
+
+def test_a_run_with_precision_auto_records_mixed_bfloat16_where_native(tmp_path, monkeypatch, hardware):
+    hardware(NATIVE)
+    settings = tiny_run_settings(tmp_path, monkeypatch, epochs=1, precision="auto")
+    results = experiment.run(ExperimentConfig(output_dir=str(tmp_path / "run"), **settings))
+    assert results["hyperparameters"]["precision"] == "mixed_bfloat16"
+    assert results["hyperparameters"]["teacher_precision"] == "same"
+    assert results["precision_requested"] == {"precision": "auto", "teacher_precision": "auto"}
+    assert "precision=auto: mixed_bfloat16, native on CPU" in results["precision_reason"]
+    assert np.isfinite(results["test_nll"])
+
+
+@tensorflow_only("a resume through experiment.run, tested on one backend")
+def test_a_resumed_run_keeps_the_precisions_it_started_with(tmp_path, monkeypatch, hardware):
+    """Started where bfloat16 is native (auto: bfloat16 teachers), killed after epoch 1, resumed
+    where it is not: the run goes on with bfloat16 teachers and says so; an explicit
+    --teacher_precision=same on resuming is refused in one line."""
+    settings = tiny_run_settings(tmp_path, monkeypatch)
+    out = str(tmp_path / "run")
+
+    class Killed(Exception):
+        pass
+
+    save = experiment.EpochCheckpoint.on_epoch_end
+
+    def save_then_die(self, epoch, logs=None):
+        save(self, epoch, logs)
+        raise Killed
+
+    hardware(NATIVE)
+    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save_then_die)
+    with pytest.raises(Killed):
+        experiment.run(ExperimentConfig(output_dir=out, **settings))
+    monkeypatch.setattr(experiment.EpochCheckpoint, "on_epoch_end", save)
+    hardware(NOT_NATIVE)
+    with pytest.raises(UsageError) as error:
+        experiment.run(ExperimentConfig(output_dir=out, teacher_precision="same", **settings))
+    assert "\n" not in str(error.value)
+    assert "started with --teacher_precision=bfloat16" in str(error.value)
+    results = experiment.run(ExperimentConfig(output_dir=out, **settings))
+    assert results["hyperparameters"]["teacher_precision"] == "bfloat16"
+    assert results["precision_requested"]["teacher_precision"] == "auto"
+    assert results["precision_reason"] == (
+        f"teacher_precision=auto: bfloat16, native on {NATIVE[1]}; kept on resuming, where auto "
+        f"resolves otherwise (teacher_precision=auto: same, not native: {NOT_NATIVE[1]})")
+    assert results["epochs"] == 2 and results["completed"]
+
+
+def test_resuming_a_checkpoint_written_before_auto_takes_that_times_defaults(hardware):
+    """state.json without a precision record: auto stands for float32 and same, as then."""
+    hardware(NATIVE)
+    asked = ExperimentConfig(method="mrkd", precision="auto")
+    config = asked.resolved()
+    assert (config.precision, config.teacher_precision) == ("mixed_bfloat16", "same")
+    kept, record = experiment.run_precision(asked, config, {})
+    assert (kept.precision, kept.teacher_precision) == ("float32", "same")
+    assert record["requested"] == {"precision": "auto", "teacher_precision": "auto"}
+    assert "records no precision" in record["reason"]
+    explicit = ExperimentConfig(method="mrkd", precision="mixed_float16")
+    kept, _ = experiment.run_precision(explicit, explicit.resolved(), {})
+    assert kept.precision == "mixed_float16"  # an explicit value: nothing to check it against
+    new, record = experiment.run_precision(asked, config, None)  # no checkpoint: a new run
+    assert new == config and record["reason"].startswith("precision=auto: mixed_bfloat16")
+

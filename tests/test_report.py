@@ -250,6 +250,25 @@ def test_runs_in_bfloat16_are_columns_of_their_own_set_against_the_float32_basel
     assert rows[0][2] == f"{100 * diffs.mean():+.2f} ± {100 * diffs.std(ddof=1):.2f} (2)"
 
 
+def test_runs_of_auto_precision_go_to_the_column_of_the_value_they_resolved_to(tmp_path):
+    """results.json's hyperparameters hold the resolved precisions (precision_requested says
+    auto): MrKD resolved to bfloat16 teachers is the bf16-teachers column, one resolved to
+    same shares the float32 cell with a run given --teacher_precision=same."""
+    def run(name, seed, teachers, requested):
+        hyperparameters = {**HYPERPARAMETERS, "precision": "float32", "teacher_precision": teachers}
+        return make_run(tmp_path, name, "mrkd", seed, hyperparameters=hyperparameters,
+                        precision_requested={"precision": "float32", "teacher_precision": requested},
+                        precision_reason=f"teacher_precision={requested}: {teachers}")
+
+    run("auto_bf16", 0, "bfloat16", "auto")
+    run("auto_same", 0, "same", "auto")
+    run("given_same", 1, "same", "same")
+    runs = report.collect([tmp_path])
+    header, rows = parse_table(report.table(runs))
+    assert header == ["dataset", "model", "MrKD-3", "MrKD-3 (bf16 teachers)"]
+    assert rows[0][2].endswith("(2)") and rows[0][3].endswith("(1)")
+
+
 def test_table_all_has_three_tables_the_differences_and_the_skipped_count(sweep):
     root, made = sweep
     text = report.table_all(report.collect([root]))

@@ -19,6 +19,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "train.py")
 
 
+def cpu_native() -> bool:
+    """Whether train.py under :func:`run_train` (no GPU) finds native bfloat16: the CPU's flags."""
+    from keras_softkd.precision import cpu_bfloat16_flags
+
+    try:
+        return bool(cpu_bfloat16_flags(pathlib.Path("/proc/cpuinfo").read_text()))
+    except OSError:
+        return False
+
+
 def run_train(*args, timeout=600, umask=None):
     """train.py in a subprocess with the user's environment (no log-level variables of ours)."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -268,6 +278,21 @@ def test_precision_flags_in_a_dry_run_and_the_deprecated_mixed_precision():
     assert "mixed_precision" not in config
     config, stderr = resolved("--mixed_precision")
     assert config["precision"] == "mixed_float16" and "deprecated" in stderr
+    assert config["teacher_precision"] == "same"  # auto, beside a float16 student
+    # auto, resolved in the dry run as a run resolves it (here: the CPU, run_train hides GPUs)
+    native = cpu_native()
+    config, _ = resolved("--method=mrkd")
+    assert (config["precision"], config["teacher_precision"]) == (
+        "float32", "bfloat16" if native else "same")
+    config, _ = resolved("--method=mrkd", "--precision=auto")
+    assert (config["precision"], config["teacher_precision"]) == (
+        ("mixed_bfloat16", "same") if native else ("float32", "same"))
+    config, _ = resolved("--method=ce", "--teacher_precision=auto")
+    assert config["teacher_precision"] == "same"  # auto never fails where no teacher runs
+    for flag in ("--precision=bfloat16", "--teacher_precision=float16"):
+        result = run_train("--dry_run", flag)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert "auto" in result.stderr and flag.split("=")[0] in result.stderr, result.stderr
     result = run_train("--dry_run", "--mixed_precision", "--precision=mixed_bfloat16")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: error")]
@@ -313,8 +338,14 @@ def test_outputs_of_a_run(tiny_run):
         assert 0.0 <= results[key] <= (1.0 if key != "test_nll" else 100.0)
     assert results["method"] == "mrkd" and results["epochs"] == 3 and results["completed"]
     assert results["hyperparameters"]["copies"] == 2 and results["hyperparameters"]["kappa"] == 1
+    # --teacher_precision's default, auto: bfloat16 copies where train.py's CPU (no GPU: run_train)
+    # computes bfloat16 natively, recorded with what was asked and why.
     assert results["hyperparameters"]["precision"] == "float32"
-    assert results["hyperparameters"]["teacher_precision"] == "same"
+    assert results["hyperparameters"]["teacher_precision"] == ("bfloat16" if cpu_native() else "same")
+    assert results["precision_requested"] == {"precision": "float32", "teacher_precision": "auto"}
+    assert results["precision_reason"].startswith("teacher_precision=auto: ")
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["precision"]["teacher_precision"] == results["hyperparameters"]["teacher_precision"]
     assert results["images_per_second"] > 0 and results["versions"]["keras"]
     history = (out / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch") and len(history) == 4
