@@ -308,7 +308,8 @@ def plan(
 
     Args:
         methods: column names (:func:`parse_column`), e.g. ``["ce", "mrkd3_tc"]``.
-        models: network names (``keras_softkd.models.names()``).
+        models: network names (``keras_softkd.models.names()``) or, with a GLUE
+            ``--dataset``, text models (:func:`model_folder` names their folders).
         seeds: integer seeds.
         output_root: the folder of the grid's runs.
         flagfiles: absl flagfiles given to every run first (a preset such as
@@ -362,7 +363,7 @@ def plan(
     for seed in seeds:
         for model in models:
             for column in columns:
-                output_dir = root / model / column.name / f"seed{seed}"
+                output_dir = root / model_folder(model) / column.name / f"seed{seed}"
                 command = (
                     python, str(script), *flagfile_args, *train_args, *column.flags,
                     f"--model={model}", f"--seed={seed}", f"--output_dir={output_dir}",
@@ -381,10 +382,45 @@ def _check_models(names: Sequence[str]) -> None:
 
     valid = [*models.names(), *TEXT_MODELS]  # text models: with --dataset=<a GLUE task>
     for name in names:
-        if name not in valid:
+        if name not in valid and not _text_preset(name):
             raise UsageError(
-                f"--models: {name!r} is not a network; choose from {', '.join(valid)}."
+                f"--models: {name!r} is not a network; choose from {', '.join(valid)}, a "
+                "KerasHub text classifier preset (roberta_large_en, ...), an hf:// or kaggle:// "
+                "handle, or a local preset directory."
             )
+    folders = [model_folder(name) for name in names]
+    if len(set(folders)) != len(folders):
+        raise UsageError(
+            f"--models: {', '.join(names)} would share output folders ({', '.join(folders)}); "
+            "give presets whose last path parts differ."
+        )
+
+
+def _text_preset(name: str) -> bool:
+    """A text model that ``train.py --dataset=<GLUE task>`` builds (``models.text``): a
+    local preset directory, a ``hf://``/``kaggle://`` handle, or a KerasHub text
+    classifier preset (known to the installed KerasHub, no download)."""
+    if os.path.isdir(name) or name.startswith(("hf://", "kaggle://")):
+        return True
+    try:
+        from keras_softkd.models.text import keras_hub
+
+        return name in keras_hub().models.TextClassifier.presets
+    except ImportError:  # no KerasHub: only the named models are known
+        return False
+
+
+def model_folder(model: str) -> str:
+    """The grid's folder for a model: its name, or a preset path's or handle's last part.
+
+    Example:
+        >>> model_folder("resnet20"), model_folder("hf://distilbert/distilroberta-base")
+        ('resnet20', 'distilroberta-base')
+        >>> model_folder("/data/presets/my_roberta/")
+        'my_roberta'
+    """
+    last = model.rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", last) or "model"
 
 
 # --------------------------------------------------------------------------

@@ -129,6 +129,39 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
     assert message in error and "\n" not in error
 
 
+def test_text_presets_and_local_preset_folders_are_models_with_a_folder_each(tmp_path, capsys):
+    # What train.py --dataset=<GLUE task> builds: a local preset directory, an hf:// handle, a
+    # KerasHub preset; each cell's folder is the name's last part.
+    preset = tmp_path / "presets" / "my_roberta"
+    preset.mkdir(parents=True)
+    hub = pytest.importorskip("keras_hub")
+    known = sorted(hub.models.TextClassifier.presets)[0]
+    root = tmp_path / "runs"
+    models = [str(preset), "hf://distilbert/distilroberta-base", known, "bert_tiny_scratch"]
+    code = grid.main(["--methods=ce", f"--models={','.join(models)}", "--seeds=0",
+                      f"--output_root={root}", "--dataset=sst2", "--dry_run"])
+    assert code == 0
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()[1::2]]
+    assert [command[-3] for command in commands] == [f"--model={model}" for model in models]
+    assert [command[-1] for command in commands] == [
+        f"--output_dir={root / folder / 'ce' / 'seed0'}"
+        for folder in ("my_roberta", "distilroberta-base", known, "bert_tiny_scratch")
+    ]
+
+
+def test_models_that_would_share_a_folder_or_are_unknown_are_refused(tmp_path, capsys):
+    first, second = tmp_path / "a" / "preset", tmp_path / "b" / "preset"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    for models, message in [(f"{first},{second}", "share output folders"),
+                            ("roberta_larg_en", "not a network"),
+                            (str(tmp_path / "no_such_folder"), "local preset directory")]:
+        assert grid.main(["--methods=ce", f"--models={models}", "--dry_run",
+                          f"--output_root={tmp_path / 'runs'}"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and "\n" not in error, error
+
+
 # -- skipping, resuming, conflicts -------------------------------------------------------------
 
 
