@@ -65,7 +65,19 @@ def run(config: ExperimentConfig) -> dict:
     or corrupt data, a finished run in ``output_dir`` (unless ``overwrite``),
     or an unusable teacher. A run started again with the same ``output_dir``
     resumes from its last epoch checkpoint, in the precisions it started with.
+
+    The run sets Keras's global dtype policy to its precision while it runs and puts the
+    caller's back when it returns or fails: a notebook's next model is not built in the
+    run's precision.
     """
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _run(config)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _run(config: ExperimentConfig) -> dict:
     asked = config
     config = config.resolved()
     if is_text(config.dataset):  # GLUE (P section 4.2): the same steps on texts

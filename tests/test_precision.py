@@ -296,6 +296,30 @@ def test_a_run_records_its_precisions(tmp_path, monkeypatch):
     assert np.isfinite(results["test_nll"])
 
 
+def test_a_run_puts_the_callers_dtype_policy_back(tmp_path, monkeypatch):
+    """experiment.run trains under its precision's global policy, and restores the caller's
+    afterwards, when it finishes and when it fails."""
+    def network(name, num_classes, synchronized_batchnorm=False):
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        return tiny_network(seed=0, size=32)
+
+    monkeypatch.setattr(experiment.models, "build", network)
+    data_dir = write_tiny_cifar(tmp_path / "data", train=16, test=8)
+    settings = dict(method="ce", epochs=1, batch_size=8, data_dir=str(data_dir),
+                    precision="mixed_bfloat16")
+    assert keras.mixed_precision.global_policy().name == "float32"
+    experiment.run(ExperimentConfig(output_dir=str(tmp_path / "run"), **settings))
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+    def broken(name, num_classes, synchronized_batchnorm=False):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(experiment.models, "build", broken)
+    with pytest.raises(RuntimeError, match="no network"):
+        experiment.run(ExperimentConfig(output_dir=str(tmp_path / "failed"), **settings))
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
 @pytest.mark.parametrize(
     "fields,flag",
     [
