@@ -225,10 +225,17 @@ def _load_results(file: pathlib.Path) -> Optional[dict]:
 def _upgrade_precision(hyperparameters: dict) -> None:
     """A results.json written before ``--precision``: its ``mixed_precision`` (a boolean)
     read as ``precision``, and ``teacher_precision`` the only value there was (``same``), so
-    its seeds share a cell with the same setting's newer runs."""
+    its seeds share a cell with the same setting's newer runs; likewise the keys of
+    :data:`_ADDED_LATER`."""
     mixed = hyperparameters.pop("mixed_precision", False)  # older still: neither key, float32
     hyperparameters.setdefault("precision", "mixed_float16" if mixed else "float32")
     hyperparameters.setdefault("teacher_precision", "same")
+    for key, before in _ADDED_LATER.items():  # a flag added later: older runs ran its default
+        hyperparameters.setdefault(key, before)
+
+
+#: Hyper-parameters results.json gained after its first runs, with the value those runs had.
+_ADDED_LATER = {"keep_best": False}
 
 
 def read_history(run_dir: PathLike) -> dict[str, np.ndarray]:

@@ -462,6 +462,20 @@ def test_results_written_before_precision_share_a_cell_with_newer_runs(tmp_path)
     assert rows[0][2].endswith("(2)") and rows[0][3].endswith("(1)")
 
 
+def test_results_written_before_keep_best_share_a_cell_with_newer_runs(tmp_path):
+    """A results.json from before --keep_best (no key) ran without it: one setting with a run
+    of now that says keep_best=False; one with keep_best=True is another setting."""
+    old = {key: value for key, value in HYPERPARAMETERS.items() if key != "keep_best"}
+    make_run(tmp_path, "old", "ce", 0, hyperparameters=old)
+    make_run(tmp_path, "new", "ce", 1, hyperparameters={**old, "keep_best": False})
+    runs = report.collect([tmp_path])
+    assert {run["hyperparameters"]["keep_best"] for run in runs} == {False}
+    assert parse_table(report.table(runs))[1][0][2].endswith("(2)")
+    make_run(tmp_path, "best", "ce", 2, hyperparameters={**old, "keep_best": True})
+    with pytest.raises(ValueError, match="differ in keep_best="):
+        report.table(report.collect([tmp_path]))
+
+
 # --------------------------------------------------------------------------
 # P's Table 3 layout (GLUE)
 # --------------------------------------------------------------------------
