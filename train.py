@@ -102,7 +102,7 @@ flags.DEFINE_integer("seed", 0, "Random seed (data order, augmentation, initiali
 flags.DEFINE_string("output_dir", "runs/{method}/seed{seed}",
                     "Where results, checkpoints and logs go; {method} and {seed} are filled in.")
 flags.DEFINE_enum("strategy", "auto", STRATEGIES, "tf.distribute strategy.")
-flags.DEFINE_enum("precision", "float32", [*PRECISIONS, AUTO],
+flags.DEFINE_enum("precision", "auto", [*PRECISIONS, AUTO],
                   "Keras dtype policy of training: float32 (default); mixed_float16 or "
                   "mixed_bfloat16 (float32 weights, 16-bit compute; logits, losses and metrics in "
                   "float32); auto: mixed_bfloat16 where the hardware computes bfloat16 natively, "

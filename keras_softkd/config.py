@@ -128,7 +128,7 @@ class ExperimentConfig:
     ema_every: Optional[str] = None
     seed: int = 0
     strategy: str = "auto"
-    precision: str = "float32"  # or "auto"; resolved() resolves it (keras_softkd.precision)
+    precision: str = "auto"  # or an explicit policy; resolved() resolves it (keras_softkd.precision)
     teacher_precision: str = "auto"
     train_examples: Optional[int] = None
     validation_fraction: float = 0.0
