@@ -103,10 +103,10 @@ flags.DEFINE_string("output_dir", "runs/{method}/seed{seed}",
                     "Where results, checkpoints and logs go; {method} and {seed} are filled in.")
 flags.DEFINE_enum("strategy", "auto", STRATEGIES, "tf.distribute strategy.")
 flags.DEFINE_enum("precision", "auto", [*PRECISIONS, AUTO],
-                  "Keras dtype policy of training: float32 (default); mixed_float16 or "
+                  "Keras dtype policy of training: auto (default): mixed_bfloat16 where the "
+                  "hardware computes bfloat16 natively, else float32; or float32, mixed_float16, "
                   "mixed_bfloat16 (float32 weights, 16-bit compute; logits, losses and metrics in "
-                  "float32); auto: mixed_bfloat16 where the hardware computes bfloat16 natively, "
-                  "else float32.")
+                  "float32).")
 flags.DEFINE_enum("teacher_precision", AUTO, [*TEACHER_PRECISIONS, AUTO],
                   "Teachers running without gradients (MrKD's memories, KD's --teacher): in the "
                   "student's precision (same), or through a bfloat16 copy of their layers, "

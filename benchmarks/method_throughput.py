@@ -117,10 +117,11 @@ def build_method(method: str, model_name: str, args, teacher_dir: str) -> tuple[
     """The compiled trainer ``train.py`` would build, and its hyper-parameters."""
     name, fixed = methods.parse_name(method)
     entry = methods.get(name)
-    # float32 teachers on every machine, as the recorded results (auto would give bfloat16 ones
-    # where native); benchmarks/precision.py times bfloat16 teachers.
+    # float32 students and teachers on every machine, as the recorded results (auto would give
+    # bfloat16 where native); benchmarks/precision.py times bfloat16.
     fields = {"method": name, "dataset": args.dataset, "model": model_name,
-              "epochs": EPOCHS, "batch_size": args.batch_size, "teacher_precision": "same", **fixed}
+              "epochs": EPOCHS, "batch_size": args.batch_size, "precision": "float32",
+              "teacher_precision": "same", **fixed}
     if "initial_weights_teach" in entry.parameters:
         # Every copy runs, as after the first n refreshes (the steady state being timed).
         fields["initial_weights_teach"] = True

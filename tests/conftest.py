@@ -116,7 +116,7 @@ for strategy in ("one_device", "mirrored"):
     # float32 teachers: the runs compare float32 sums in two orders (auto could pick bfloat16)
     config = ExperimentConfig(method="mrkd", copies=2, kappa=1, model="resnet20", epochs=2,
                               batch_size=32, data_dir=data_dir, seed=2, strategy=strategy,
-                              teacher_precision="same", output_dir=f"{{out}}/{{strategy}}")
+                              precision="float32", teacher_precision="same", output_dir=f"{{out}}/{{strategy}}")
     results[strategy] = experiment.run(config)
     student = keras.models.load_model(f"{{out}}/{{strategy}}/model.keras")
     results[strategy]["weights"] = [np.asarray(w).tolist() for w in student.get_weights()[:4]]

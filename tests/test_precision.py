@@ -457,8 +457,9 @@ def test_the_hardware_is_asked_only_where_the_answer_matters(monkeypatch):
 @pytest.mark.parametrize("dataset", ["cifar10", "rte"])
 @pytest.mark.parametrize("name", methods.names())
 def test_the_config_resolves_auto_and_never_fails_on_it(name, dataset, hardware):
-    """--teacher_precision's default is auto; resolved() turns it into the value a run uses (for
-    every method, on images and on text), and --precision=auto too."""
+    """Both precisions default to auto; resolved() turns them into the values a run uses (for
+    every method, on images and on text): bfloat16 students where bfloat16 is native, and
+    bfloat16 teachers beside an explicitly float32 student."""
     hardware(NATIVE)
     fields = {"method": name, "dataset": dataset}
     fields.update({"teacher": "t.keras"} if "teacher" in methods.get(name).required() else {})
@@ -466,16 +467,17 @@ def test_the_config_resolves_auto_and_never_fails_on_it(name, dataset, hardware)
         if not methods.get(name).text:
             return  # refused on text for another reason (tests/test_methods.py)
         fields["model"] = "bert_tiny_scratch"
-    assert ExperimentConfig(**fields).teacher_precision == "auto"
-    resolved = ExperimentConfig(**fields).resolved()
-    teachers = methods.get(name).teachers and not is_text(dataset)
-    assert (resolved.precision, resolved.teacher_precision) == (
-        "float32", "bfloat16" if teachers else "same")
+    default = ExperimentConfig(**fields)
+    assert (default.precision, default.teacher_precision) == ("auto", "auto")
+    resolved = default.resolved()
+    assert (resolved.precision, resolved.teacher_precision) == ("mixed_bfloat16", "same")
     assert resolved.resolved() == resolved  # resolving again changes nothing
-    both = ExperimentConfig(precision="auto", **fields).resolved()
-    assert (both.precision, both.teacher_precision) == ("mixed_bfloat16", "same")
+    teachers = methods.get(name).teachers and not is_text(dataset)
+    float32 = ExperimentConfig(precision="float32", **fields).resolved()
+    assert (float32.precision, float32.teacher_precision) == (
+        "float32", "bfloat16" if teachers else "same")
     hardware(NOT_NATIVE)
-    resolved = ExperimentConfig(precision="auto", **fields).resolved()
+    resolved = ExperimentConfig(**fields).resolved()
     assert (resolved.precision, resolved.teacher_precision) == ("float32", "same")
 
 
@@ -510,7 +512,7 @@ def tiny_run_settings(tmp_path, monkeypatch, **fields):
 def test_a_run_records_the_resolved_precisions_what_was_asked_and_why(native, tmp_path, monkeypatch,
                                                                       hardware):
     hardware(native)
-    settings = tiny_run_settings(tmp_path, monkeypatch, epochs=1)
+    settings = tiny_run_settings(tmp_path, monkeypatch, epochs=1, precision="float32")
     experiment.run(ExperimentConfig(output_dir=str(tmp_path / "run"), **settings))
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     teachers = "bfloat16" if native[0] else "same"
@@ -538,8 +540,8 @@ def test_a_run_with_precision_auto_records_mixed_bfloat16_where_native(tmp_path,
 def test_a_resumed_run_keeps_the_precisions_it_started_with(tmp_path, monkeypatch, hardware):
     """Started where bfloat16 is native (auto: bfloat16 teachers), killed after epoch 1, resumed
     where it is not: the run goes on with bfloat16 teachers and says so; an explicit
-    --teacher_precision=same on resuming is refused in one line."""
-    settings = tiny_run_settings(tmp_path, monkeypatch)
+    --teacher_precision=same on resuming is refused in one line (a float32 student)."""
+    settings = tiny_run_settings(tmp_path, monkeypatch, precision="float32")
     out = str(tmp_path / "run")
 
     class Killed(Exception):

@@ -281,12 +281,13 @@ def test_precision_flags_in_a_dry_run_and_the_deprecated_mixed_precision():
     assert config["teacher_precision"] == "same"  # auto, beside a float16 student
     # auto, resolved in the dry run as a run resolves it (here: the CPU, run_train hides GPUs)
     native = cpu_native()
-    config, _ = resolved("--method=mrkd")
+    for default in ([], ["--precision=auto"]):
+        config, _ = resolved("--method=mrkd", *default)
+        assert (config["precision"], config["teacher_precision"]) == (
+            ("mixed_bfloat16", "same") if native else ("float32", "same"))
+    config, _ = resolved("--method=mrkd", "--precision=float32")
     assert (config["precision"], config["teacher_precision"]) == (
         "float32", "bfloat16" if native else "same")
-    config, _ = resolved("--method=mrkd", "--precision=auto")
-    assert (config["precision"], config["teacher_precision"]) == (
-        ("mixed_bfloat16", "same") if native else ("float32", "same"))
     config, _ = resolved("--method=ce", "--teacher_precision=auto")
     assert config["teacher_precision"] == "same"  # auto never fails where no teacher runs
     for flag in ("--precision=bfloat16", "--teacher_precision=float16"):
@@ -338,12 +339,14 @@ def test_outputs_of_a_run(tiny_run):
         assert 0.0 <= results[key] <= (1.0 if key != "test_nll" else 100.0)
     assert results["method"] == "mrkd" and results["epochs"] == 3 and results["completed"]
     assert results["hyperparameters"]["copies"] == 2 and results["hyperparameters"]["kappa"] == 1
-    # --teacher_precision's default, auto: bfloat16 copies where train.py's CPU (no GPU: run_train)
-    # computes bfloat16 natively, recorded with what was asked and why.
-    assert results["hyperparameters"]["precision"] == "float32"
-    assert results["hyperparameters"]["teacher_precision"] == ("bfloat16" if cpu_native() else "same")
-    assert results["precision_requested"] == {"precision": "float32", "teacher_precision": "auto"}
-    assert results["precision_reason"].startswith("teacher_precision=auto: ")
+    # The precisions' defaults, auto: a bfloat16 student where train.py's CPU (no GPU: run_train)
+    # computes bfloat16 natively (its copies then run in the student's bfloat16), else float32
+    # throughout; recorded with what was asked and why.
+    native = cpu_native()
+    assert results["hyperparameters"]["precision"] == ("mixed_bfloat16" if native else "float32")
+    assert results["hyperparameters"]["teacher_precision"] == "same"
+    assert results["precision_requested"] == {"precision": "auto", "teacher_precision": "auto"}
+    assert results["precision_reason"].startswith("precision=auto: ")
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["precision"]["teacher_precision"] == results["hyperparameters"]["teacher_precision"]
     assert results["images_per_second"] > 0 and results["versions"]["keras"]

@@ -25,7 +25,10 @@ from keras_softkd.data import GLUE_TASKS
 pytest.importorskip("keras_hub")
 
 SEQUENCE = "--sequence_length=16"
-TINY = ["--epochs=1", "--batch_size=8", "--lr=1e-3", SEQUENCE]
+# float32: check_results recomputes each run's dev metrics from the saved classifier, exactly
+# (and the NLL to 1e-4), which bfloat16's rounding between two batchings would not allow;
+# test_a_text_run_in_bfloat16 covers --precision's default (auto) where bfloat16 is native.
+TINY = ["--epochs=1", "--batch_size=8", "--lr=1e-3", SEQUENCE, "--precision=float32"]
 
 
 def write_glue(root: pathlib.Path, train: int = 32, dev: int = 16) -> pathlib.Path:
@@ -171,12 +174,44 @@ def test_every_task_format(setup, tmp_path, task, method):
     experiment.run(ExperimentConfig(
         method=method, dataset=task, model=setup["student"], data_dir=str(setup["data"]),
         epochs=1, batch_size=8, lr=1e-3, sequence_length=16, output_dir=str(out), **teacher,
+        precision="float32",  # as TINY
     ))
     results = check_results(setup, out, task)
     if method == "kd":
         assert results["teacher_model"] == "bert_teacher" and "teacher_logits" in results
     if task in ("mrpc", "qqp"):
         assert set(results["glue"]["dev"]) >= {"accuracy", "f1"}
+
+
+def test_a_text_run_in_bfloat16(setup, tmp_path):
+    """--precision=mixed_bfloat16 (what auto picks where bfloat16 is native) on a KerasHub
+    classifier with sentence pairs and KD from a teacher of another size: the run finishes
+    with finite float32 metrics, the student computed in bfloat16, and the metrics are those
+    of the saved classifier's predictions to bfloat16's rounding."""
+    import keras
+    import tensorflow as tf
+
+    from keras_softkd import experiment
+
+    out = tmp_path / "bf16"
+    results = experiment.run(ExperimentConfig(
+        method="kd", dataset="rte", model=setup["student"], teacher=setup["teacher"],
+        data_dir=str(setup["data"]), epochs=1, batch_size=8, lr=1e-3, sequence_length=16,
+        output_dir=str(out), precision="mixed_bfloat16",
+    ))
+    assert results["completed"] and not results["diverged"]
+    assert results["hyperparameters"]["precision"] == "mixed_bfloat16"
+    scores = results["glue"]["dev"]
+    assert np.isfinite(scores["nll"]) and 0.0 <= scores["accuracy"] <= 100.0
+    assert keras.mixed_precision.global_policy().name == "float32"  # the caller's, put back
+    student = keras.models.load_model(out / "model.keras")
+    assert student.backbone.compute_dtype == "bfloat16"
+    texts, labels = load_dev(setup["data"], "rte", "dev")
+    tokens, _ = student.preprocessor(tuple(tf.constant(part.astype(str)) for part in texts), labels)
+    logits = np.asarray(student(tokens, training=False), np.float64)
+    nll = np.mean([math.log(np.exp(row - row.max()).sum()) + row.max() - row[y]
+                   for row, y in zip(logits, labels)])
+    assert scores["nll"] == pytest.approx(nll, abs=2e-2)
 
 
 def test_a_scratch_model_with_subsets_and_a_held_out_split(setup, tmp_path):
@@ -189,6 +224,7 @@ def test_a_scratch_model_with_subsets_and_a_held_out_split(setup, tmp_path):
         method="lsr", dataset="sst2", model="bert_tiny_scratch", data_dir=str(setup["data"]),
         epochs=2, batch_size=8, lr=1e-3, sequence_length=16, train_examples=24,
         validation_fraction=0.25, keep_best=True, output_dir=str(out),
+        precision="float32",  # as TINY
     ))
     assert results["train_examples_used"] == 18 and results["best_epoch"] in (1, 2)
     assert (out / "model_best.keras").exists()
