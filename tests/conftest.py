@@ -177,8 +177,6 @@ def killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, method: str, 
     run must end where the uninterrupted one does (metrics, weights, the history's epochs).
     Returns the resumed run's history.csv lines."""
     import keras
-    import numpy as np
-    import pytest
 
     from keras_softkd import experiment
 
@@ -194,14 +192,28 @@ def killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, method: str, 
     settings = dict(method=method, epochs=3, batch_size=16, data_dir=str(data_dir), seed=1, lr=0.2,
                     **settings)
     full, resumed = run_killed_and_resumed(tmp_path, monkeypatch, settings, killed_after=1)
-    for key in ("test_error", "test_nll", "test_ece"):
+    return assert_resumed_equals_full(tmp_path, full, resumed, ("test_error", "test_nll", "test_ece"),
+                                      epochs=3, weights_rtol=1e-6)
+
+
+def assert_resumed_equals_full(tmp_path, full: dict, resumed: dict, keys, epochs: int,
+                               weights_rtol: float) -> list:
+    """The run resumed into ``tmp_path/resumed`` ended where the uninterrupted one in
+    ``tmp_path/full`` did: the results' ``keys`` to 1e-6, the saved students' weights to
+    ``weights_rtol`` (atol 1e-6), one history row per epoch (0 to ``epochs - 1``). Returns the
+    resumed run's history.csv lines."""
+    import keras
+    import numpy as np
+    import pytest
+
+    for key in keys:
         assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
     a = keras.models.load_model(tmp_path / "full" / "model.keras")
     b = keras.models.load_model(tmp_path / "resumed" / "model.keras")
     for wa, wb in zip(a.get_weights(), b.get_weights()):
-        np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(wa, wb, rtol=weights_rtol, atol=1e-6)
     history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in history[1:]] == ["0", "1", "2"]
+    assert [row.split(",")[0] for row in history[1:]] == [str(epoch) for epoch in range(epochs)]
     return history
 
 

@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from conftest import run_killed_and_resumed
+from conftest import assert_resumed_equals_full, run_killed_and_resumed
 from test_glue_data import official_header, official_row
 from test_glue_metrics import reference_f1, reference_mcc
 from test_train import run_train
@@ -234,22 +234,15 @@ def test_a_scratch_model_with_subsets_and_a_held_out_split(setup, tmp_path):
 def test_a_killed_text_run_resumes_to_the_uninterrupted_result(setup, tmp_path, monkeypatch, capsys):
     """Killed right after epoch 1's checkpoint, run again: the same weights and metrics as a
     run never interrupted (the batches of epoch 2 are a function of the seed and the epoch)."""
-    import keras
-
     settings = dict(method="pseudo_kd", dataset="rte", model=setup["student"],
                     data_dir=str(setup["data"]), epochs=2, batch_size=8, lr=1e-3, seed=3,
                     sequence_length=16)
     capsys.readouterr()
     full, resumed = run_killed_and_resumed(tmp_path, monkeypatch, settings, killed_after=0)
     assert capsys.readouterr().out.count("Resuming from") == 1  # epoch 2 only, from the checkpoint
-    for key in ("test_error", "test_nll", "test_ece", "glue_score"):
-        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
-    a = keras.models.load_model(tmp_path / "full" / "model.keras")
-    b = keras.models.load_model(tmp_path / "resumed" / "model.keras")
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
-        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
-    rows = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1"]
+    assert_resumed_equals_full(tmp_path, full, resumed,
+                               ("test_error", "test_nll", "test_ece", "glue_score"),
+                               epochs=2, weights_rtol=1e-5)
 
 
 # -- defaults and errors ---------------------------------------------------------------------
