@@ -588,3 +588,48 @@ def test_resuming_a_checkpoint_written_before_auto_takes_that_times_defaults(har
     new, record = experiment.run_precision(asked, config, None)  # no checkpoint: a new run
     assert new == config and record["reason"].startswith("precision=auto: mixed_bfloat16")
 
+
+
+# -- on a real network and real images, in the default precision where bfloat16 is native ---
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the real-data check runs once, in the TensorFlow suite")
+def test_mrkd_in_bfloat16_on_real_images_teaches_a_spread_distribution_and_learns(
+        real_data_dir, tmp_path, monkeypatch):
+    """What --precision=auto picks where bfloat16 is native (this machine): MrKD with one copy,
+    student and copy in mixed_bfloat16, through experiment.run (train.py's body) on 2,048 real
+    CIFAR-10 training images, 4 epochs of a small conv net, the copy refreshed every epoch. The
+    copy that teaches gives finite, spread predictions (not one class near certain), training
+    accuracy rises, and the test error is well under chance."""
+    def network(name, num_classes, synchronized_batchnorm=False):
+        inputs = keras.Input((32, 32, 3))
+        x = inputs
+        for filters in (16, 32, 64):
+            x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.ReLU()(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x))
+
+    monkeypatch.setattr(experiment.models, "build", network)
+    results = experiment.run(ExperimentConfig(
+        method="mrkd", copies=1, kappa=1.0, epochs=4, batch_size=64, lr=0.05, seed=0,
+        train_examples=2048, data_dir=str(real_data_dir), output_dir=str(tmp_path / "run"),
+        precision="mixed_bfloat16",
+    ))
+    assert results["hyperparameters"]["precision"] == "mixed_bfloat16"
+    assert results["hyperparameters"]["teacher_precision"] == "same"  # the copy: bfloat16 too
+    history = {}
+    lines = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    names = lines[0].split(",")
+    for line in lines[1:]:
+        for name, value in zip(names, line.split(",")):
+            history.setdefault(name, []).append(float(value) if value else float("nan"))
+    print({name: np.round(values, 3).tolist() for name, values in history.items()})
+    teaching = [i for i, share in enumerate(history["teaching_copies"]) if share > 0]
+    assert teaching, history["teaching_copies"]  # the copy taught after its first refresh
+    top = [history["teacher_top_probability"][i] for i in teaching]
+    assert np.all(np.isfinite(top)) and max(top) < 0.6, top
+    assert history["accuracy"][-1] > history["accuracy"][0] + 0.05, history["accuracy"]
+    assert np.isfinite(results["test_nll"]) and results["test_error"] < 0.8, results["test_error"]
