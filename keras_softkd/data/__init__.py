@@ -34,14 +34,8 @@ import importlib
 from keras_softkd.data import glue
 from keras_softkd.data.glue import GLUE_TASKS, GlueTask
 from keras_softkd.data.info import DATASETS, DatasetInfo
-from keras_softkd.data.py_dataset import (
-    TRAINING_INPUTS,
-    EvalPyDataset,
-    TrainPairsPyDataset,
-    TrainPyDataset,
-    evaluation_input,
-    training_input,
-)
+from keras_softkd.data.inputs import TRAINING_INPUTS, evaluation_input, training_input
+from keras_softkd.data.py_dataset import EvalPyDataset, TrainPairsPyDataset, TrainPyDataset
 from keras_softkd.data.sources import SPLITS, load
 from keras_softkd.data.splits import split_validation, take_subset
 

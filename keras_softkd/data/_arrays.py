@@ -38,3 +38,22 @@ def seed_value(seed) -> int:
     ):
         raise ValueError(f"`seed` must be an integer in [0, 2**63); got seed={seed!r}.")
     return int(seed)
+
+
+def class_members(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The examples grouped by class: ``(order, starts, counts)``.
+
+    ``order[starts[c] : starts[c] + counts[c]]`` are the indices of the
+    examples of class ``c``, in increasing order.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_softkd.data._arrays import class_members
+        >>> order, starts, counts = class_members(np.array([1, 0, 1, 2]))
+        >>> order.tolist(), starts.tolist(), counts.tolist()
+        ([1, 0, 2, 3], [0, 1, 3], [1, 2, 1])
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels)
+    return order, np.cumsum(counts) - counts, counts

@@ -31,6 +31,7 @@ import numpy as np
 
 from keras_softkd._quiet import quiet_tensorflow
 from keras_softkd.data import _arrays
+from keras_softkd.data._arrays import class_members
 from keras_softkd.data import info as _info
 from keras_softkd.data._arrays import positive_int as _positive_int
 from keras_softkd.data._arrays import seed_value as _seed_value
@@ -226,7 +227,6 @@ def with_partners(
         >>> [tuple(images["partners"].shape) for images, _ in pairs]
         [(4, 32, 32, 3), (4, 32, 32, 3), (2, 32, 32, 3)]
     """
-    from keras_softkd.data.py_dataset import class_members
 
     images, labels = _checked_arrays(x, y, dataset)
     _positive_int("steps_per_epoch", steps_per_epoch)
