@@ -37,6 +37,7 @@ import math
 from typing import Optional
 
 from keras_softkd import methods
+from keras_softkd.errors import UsageError
 from keras_softkd.data.glue import GLUE_TASKS
 from keras_softkd.losses import TF_REG_FORMS
 from keras_softkd.precision import AUTO, PRECISIONS, TEACHER_PRECISIONS
@@ -73,10 +74,6 @@ METHOD_PARAMETERS = {name: tuple(methods.get(name).parameters) for name in METHO
 # The text models by name (keras_softkd.models.text's aliases and scratch models; also any
 # KerasHub preset or local preset directory). Literal here: naming them imports no KerasHub.
 TEXT_MODELS = ("distil_roberta_base_en", "bert_tiny_scratch")
-
-
-class UsageError(ValueError):
-    """A bad flag or input: reported as one line, without a traceback."""
 
 
 def method_defaults(method: str, dataset: str, epochs: int) -> dict:

@@ -82,9 +82,10 @@ from keras_softkd.class_wise import CSKDModel
 from keras_softkd.distillation import KDModel
 from keras_softkd.knowledge_refinery import KRLSModel
 from keras_softkd.memory_replay import MrKDModel
+from keras_softkd.models.loading import load_teacher
 from keras_softkd.progressive import PSKDModel
 
-if TYPE_CHECKING:  # config imports this module
+if TYPE_CHECKING:  # for the annotations only: config is above this module
     from keras_softkd.config import ExperimentConfig
 
 __all__ = [
@@ -301,8 +302,6 @@ def _beta_smoothing(config: "ExperimentConfig", student: keras.Model, setup: Set
 
 
 def _distillation(config: "ExperimentConfig", student: keras.Model, setup: Setup):
-    from keras_softkd.experiment import load_teacher  # experiment imports this module
-
     teacher = load_teacher(config.teacher, setup.num_classes, config.sequence_length)
     trainer = KDModel(
         student, teacher=teacher, alpha=config.alpha, temperature=config.temperature,
