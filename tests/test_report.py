@@ -23,7 +23,7 @@ HYPERPARAMETERS = {
 
 def make_run(root, name, method="ce", seed=0, dataset="cifar100", model="resnet56",
              epochs=4, completed=True, history=True, **overrides):
-    """A run directory like experiment.py writes; returns its results dict."""
+    """A run directory like experiment.run writes; returns its results dict."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
     rng = np.random.default_rng(zlib.crc32(f"{name}-{seed}".encode()))
@@ -499,7 +499,7 @@ TEACHER, STUDENT = "roberta_large_en", "distil_roberta_base_en"
 
 def glue_results(task, column, seed, score=None, model=None, method=None, root="runs/p_glue",
                  mismatched=None, **overrides):
-    """A results.json dict as text_experiment.run writes it for flags/p_table3/<task>/<column>.flags
+    """A results.json dict as experiment.text.run writes it for flags/p_table3/<task>/<column>.flags
     (output_dir as given to train.py, relative; a KD run's --teacher the teacher's seed-0 model)."""
     from keras_softkd.data.glue import GLUE_TASKS
 

@@ -126,7 +126,7 @@ def test_a_seed_fixes_the_initial_weights_and_the_batches_for_every_method(tmp_p
     the same weights and read the same first batch; another seed changes both."""
     data_dir = write_tiny_cifar(tmp_path / "data")
     seen = {}
-    original_input, original_build = experiment.data.training_input, experiment.build_trainer
+    original_input, original_build = experiment.data.training_input, experiment.image.build_trainer
 
     def recording_input(*args, **kwargs):
         stream, steps = original_input(*args, **kwargs)
@@ -140,7 +140,7 @@ def test_a_seed_fixes_the_initial_weights_and_the_batches_for_every_method(tmp_p
         raise _Stop
 
     monkeypatch.setattr(experiment.data, "training_input", recording_input)
-    monkeypatch.setattr(experiment, "build_trainer", recording_build)
+    monkeypatch.setattr(experiment.image, "build_trainer", recording_build)
     starts = {}
     for method, seed in [("ce", 3), ("lsrkd", 3), ("mrkd", 3), ("ce", 4)]:
         config = ExperimentConfig(method=method, model="resnet20", epochs=1, batch_size=16, seed=seed,

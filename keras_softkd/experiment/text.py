@@ -1,8 +1,9 @@
-"""One run on a GLUE task (P section 4.2): the steps of :func:`keras_softkd.experiment.run`, on texts.
+"""One run on a GLUE task (P section 4.2): the image protocol's steps, on texts.
 
-``experiment.run`` hands a resolved config whose ``dataset`` is a GLUE task
-here. The steps are the image side's, and the checkpoint, callbacks and
-results writing are its functions (``experiment.start``, ``run_callbacks``,
+:func:`keras_softkd.experiment.run` hands a resolved config whose ``dataset`` is a GLUE task
+here. The steps are the image protocol's (:mod:`keras_softkd.experiment.image`), and the
+start, checkpoint, callbacks and results writing are the shared lifecycle's
+(:mod:`keras_softkd.experiment.lifecycle`: ``start``, ``EpochCheckpoint``, ``run_callbacks``,
 ``run_results``, ``finish``):
 
 1. :func:`load_texts`: the task's train split and its dev split(s) with
@@ -12,8 +13,8 @@ results writing are its functions (``experiment.start``, ``run_callbacks``,
    set's part (GLUE's test labels are not public; P reports dev scores).
 2. The student: :func:`keras_softkd.models.text.build_text_classifier`
    (``texts=`` the training texts for a scratch model); the trainer as the
-   method table builds it (``experiment.build_trainer``: a loss for ce, lsr,
-   pseudo_kd; ``KDModel`` for kd), compiled with ``--optimizer`` (AdamW) and
+   method table builds it (:func:`keras_softkd.experiment.trainer.build_trainer`: a loss for
+   ce, lsr, pseudo_kd; ``KDModel`` for kd), compiled with ``--optimizer`` (AdamW) and
    the schedule.
 3. :func:`tokenize`: every split is tokenized once, before training, by the
    trainer's own ``preprocess_samples`` (``KDModel``'s, or the classifier's);
@@ -47,9 +48,18 @@ import time
 import keras
 import numpy as np
 
-from keras_softkd import data, distribute, experiment, metrics
-from keras_softkd.config import ExperimentConfig, UsageError
+from keras_softkd import data, distribute, metrics
+from keras_softkd.config import ExperimentConfig
 from keras_softkd.data import glue
+from keras_softkd.errors import UsageError
+from keras_softkd.experiment.lifecycle import (
+    EpochCheckpoint,
+    finish,
+    run_callbacks,
+    run_results,
+    start,
+)
+from keras_softkd.experiment.trainer import build_trainer
 from keras_softkd.preprocessing import with_teacher_logits
 
 #: Examples per tokenization and evaluation batch.
@@ -63,21 +73,21 @@ def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict
     Raises :class:`UsageError` for missing or bad data, a model KerasHub cannot
     build (offline: an uncached preset), or an unusable teacher.
     """
-    config, precision, output, strategy = experiment.start(config, asked)
+    config, precision, output, strategy = start(config, asked)
     (train_texts, y_train), held_out, dev = load_texts(config)
     task = glue.get(config.dataset)
     with strategy.scope():  # before any file is written: a model it cannot build leaves none
         student = build_student(config, task.num_classes, train_texts)
     files = pathlib.Path(distribute.output_dir(str(output), strategy))
-    checkpoint = experiment.EpochCheckpoint(files / "checkpoint", precision)
+    checkpoint = EpochCheckpoint(files / "checkpoint", precision)
     first_epoch = checkpoint.epoch_reached()
     steps_per_epoch = -(-len(y_train) // config.batch_size)
-    speed, best, callbacks = experiment.run_callbacks(
+    speed, best, callbacks = run_callbacks(
         config, files, checkpoint, first_epoch, len(y_train)
     )
     started = time.perf_counter()
     with strategy.scope():
-        trainer = experiment.build_trainer(
+        trainer = build_trainer(
             config, task.num_classes, steps_per_epoch, strategy.num_replicas_in_sync,
             student=student, num_examples=len(y_train),
         )
@@ -103,13 +113,13 @@ def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict
             )
         logits = {split: _predict(student, inputs) for split, inputs in dev_inputs.items()}
     scores, diverged = dev_scores(config.dataset, dev, logits)
-    results = experiment.run_results(
+    results = run_results(
         config, output, strategy, trainer, scores, diverged, speed, started, checkpoint,
         len(y_train), best, precision,
     )
     if teacher is not None:
         results["teacher_logits"] = "computed once over the training set before training"
-    experiment.finish(files, student, results)
+    finish(files, student, results)
     return results
 
 

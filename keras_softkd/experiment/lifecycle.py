@@ -1,26 +1,18 @@
-"""One run of the papers' protocol: config -> data, model, method, optimizer -> fit -> results.
+"""What every run does around its training, whatever it trains on: start, resume, checkpoints,
+callbacks, ``results.json``, finish.
 
-The data's way through :func:`run`:
+The image protocol (:mod:`keras_softkd.experiment.image`) and the GLUE text protocol
+(:mod:`keras_softkd.experiment.text`) both go through these steps:
 
-1. ``config.resolved()``: the method's defaults filled in, every value checked, ``auto``
-   precisions resolved (:func:`keras_softkd.precision.resolve`); :func:`start` keeps the
-   precisions a resumed run started with (:func:`run_precision`).
-2. :func:`load_data`: train/test arrays (TFDS or local files), optional subset
-   and held-out validation split.
-3. :func:`build_trainer`: the network from the registry, wrapped or given a
-   loss as the method's entry in ``keras_softkd.methods`` builds it (a loss
-   for ce/lsr/lsrkd/pseudo_kd, :class:`MrKDModel` for mrkd, :class:`KDModel`
-   for kd, :class:`CSKDModel` for cs_kd, :class:`PSKDModel` for pskd), compiled with
-   :class:`PyTorchSGD` and the schedule.
-4. ``fit`` on :func:`keras_softkd.data.training_input` (tf.data on TensorFlow,
-   a NumPy ``PyDataset`` on JAX and PyTorch) from the last checkpoint's epoch,
-   evaluating on the test (or validation) set after each epoch.
-5. The final student on the test set -> ``results.json`` (last epoch, as the
-   papers report), ``model.keras``; files written atomically.
-
-A GLUE task (``--dataset=rte``...) takes the same steps on texts in
-:mod:`keras_softkd.text_experiment`, with :func:`start`, :func:`run_callbacks`,
-:func:`build_trainer`, :func:`run_results` and :func:`finish` from here.
+1. :func:`start`: refuses a finished run in ``output_dir`` (unless ``overwrite``), makes the
+   strategy, keeps the precisions a resumed run started with (:func:`run_precision`), seeds,
+   sets the global precision policy.
+2. :class:`EpochCheckpoint` in ``<output_dir>/checkpoint``: the epoch the run resumes from,
+   and the weights it restores.
+3. :func:`run_callbacks`: throughput, the history CSV, TensorBoard, ``--keep_best``, the
+   checkpoint last.
+4. :func:`run_results`: the ``results.json`` record; :func:`finish` writes ``model.keras``, then
+   ``results.json`` (which marks the run finished), atomically.
 
 Output directory::
 
@@ -41,7 +33,6 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import json
-import os
 import pathlib
 import platform
 import time
@@ -49,97 +40,13 @@ import time
 import keras
 import numpy as np
 
-from keras_softkd import __version__, data, distribute, methods, metrics, models
+from keras_softkd import __version__, distribute
 from keras_softkd._io import write_atomic, write_json_atomic, write_text_atomic
-from keras_softkd.config import ExperimentConfig, UsageError, is_text
-from keras_softkd.optimizers import LinearWarmupDecay, PyTorchSGD
+from keras_softkd.config import ExperimentConfig
+from keras_softkd.errors import UsageError
 from keras_softkd.precision import AUTO
 
 RESULTS = "results.json"
-
-
-def run(config: ExperimentConfig) -> dict:
-    """Trains and evaluates one configuration; returns the results written to ``results.json``.
-
-    Raises :class:`UsageError` (before any training) for bad values, missing
-    or corrupt data, a finished run in ``output_dir`` (unless ``overwrite``),
-    or an unusable teacher. A run started again with the same ``output_dir``
-    resumes from its last epoch checkpoint, in the precisions it started with.
-
-    The run sets Keras's global dtype policy to its precision while it runs and puts the
-    caller's back when it returns or fails: a notebook's next model is not built in the
-    run's precision.
-    """
-    policy = keras.mixed_precision.global_policy()
-    try:
-        return _run(config)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-
-
-def _run(config: ExperimentConfig) -> dict:
-    asked = config
-    config = config.resolved()
-    if is_text(config.dataset):  # GLUE (P section 4.2): the same steps on texts
-        from keras_softkd import text_experiment  # KerasHub: imported for text runs only
-
-        return text_experiment.run(config, asked)
-    config, precision, output, strategy = start(config, asked)
-    (x_train, y_train), (x_eval, y_eval), (x_test, y_test) = load_data(config)
-    # Created once the data is there: a run that cannot start leaves nothing behind.
-    # Only the chief writes the run's files; each other worker keeps its own stable
-    # folder (same after a restart, so its checkpoints resume too).
-    files = pathlib.Path(distribute.output_dir(str(output), strategy))
-    num_classes = data.DATASETS[config.dataset].num_classes
-    checkpoint = EpochCheckpoint(files / "checkpoint", precision)
-    first_epoch = checkpoint.epoch_reached()
-    # tf.data on TensorFlow, a NumPy PyDataset on JAX and PyTorch (no TensorFlow needed).
-    split = _devices_splitting_each_batch(config, strategy)
-    train, steps_per_epoch = data.training_input(
-        x_train, y_train, dataset=config.dataset, batch_size=config.batch_size, seed=config.seed,
-        first_epoch=first_epoch, epochs=config.epochs, batch_multiple=split,
-        inputs=methods.get(config.method).inputs,
-    )
-    eval_batch = -(-256 // split) * split  # 256, or the next multiple of the devices
-    evaluation = data.evaluation_input(
-        x_eval, y_eval, dataset=config.dataset, batch_size=eval_batch, batch_multiple=split
-    )
-    test = data.evaluation_input(
-        x_test, y_test, dataset=config.dataset, batch_size=eval_batch, batch_multiple=split
-    )
-    speed, best, callbacks = run_callbacks(config, files, checkpoint, first_epoch, len(x_train))
-    started = time.perf_counter()
-    # Inside the scope: tf.distribute and keras.distribution (JAX) place the variables
-    # on the devices, and keras.distribution splits the batches of fit and predict.
-    with strategy.scope():
-        trainer = build_trainer(config, num_classes, steps_per_epoch, strategy.num_replicas_in_sync,
-                                num_examples=len(x_train))
-        distribute.prepare_model(trainer, strategy)
-        checkpoint.restore(trainer)
-        if first_epoch < config.epochs:
-            trainer.fit(
-                train, epochs=config.epochs, initial_epoch=first_epoch,
-                steps_per_epoch=steps_per_epoch, validation_data=evaluation,
-                callbacks=callbacks, verbose=2, shuffle=False,
-            )
-        student = getattr(trainer, "student", trainer)  # MrKDModel, KDModel wrap it
-        # [:N]: with several devices the last batch may carry zero-weight padding.
-        logits = keras.ops.convert_to_numpy(student.predict(test, verbose=0))[: len(y_test)]
-    diverged = not np.isfinite(logits).all()  # recorded, so a sweep does not rerun it forever
-    scores = (
-        dict.fromkeys(("test_error", "test_top5_error", "test_nll", "test_ece"))
-        if diverged
-        else metrics.evaluate_logits(y_test, logits)
-    )
-    results = run_results(config, output, strategy, trainer, scores, diverged, speed, started,
-                          checkpoint, len(x_train), best, precision)
-    finish(files, student, results)
-    return results
-
-
-# --------------------------------------------------------------------------
-# The steps the image and the text runs share (keras_softkd.text_experiment)
-# --------------------------------------------------------------------------
 
 
 def start(config: ExperimentConfig, asked: ExperimentConfig | None = None):
@@ -259,143 +166,6 @@ def finish(files: pathlib.Path, student: keras.Model, results: dict) -> None:
     write_json_atomic(files / RESULTS, results)
 
 
-# --------------------------------------------------------------------------
-# The boxes run() calls
-# --------------------------------------------------------------------------
-
-
-def load_data(config: ExperimentConfig):
-    """``(train, eval, test)`` arrays; ``eval`` is the held-out split or the test set."""
-    if config.data_dir is not None and not os.path.exists(config.data_dir):
-        raise UsageError(
-            f"--data_dir={config.data_dir!r} does not exist (give a folder of local files, a "
-            "TFDS data_dir, or leave it unset to let TFDS download to its default place)."
-        )
-    try:
-        x_train, y_train = data.load(config.dataset, "train", config.data_dir)
-        x_test, y_test = data.load(config.dataset, "test", config.data_dir)
-    except (ValueError, OSError) as error:
-        raise UsageError(f"--data_dir: {error}") from None
-    if config.train_examples is not None:
-        if config.train_examples > len(x_train):
-            raise UsageError(
-                f"--train_examples must be in [1, {len(x_train)}] for {config.dataset}; "
-                f"got {config.train_examples}."
-            )
-        x_train, y_train = data.take_subset(x_train, y_train, config.train_examples, config.seed)
-    if config.validation_fraction > 0:
-        (x_train, y_train), (x_eval, y_eval) = data.split_validation(
-            x_train, y_train, config.validation_fraction, config.seed
-        )
-    else:
-        x_eval, y_eval = x_test, y_test
-    return (x_train, y_train), (x_eval, y_eval), (x_test, y_test)
-
-
-def build_trainer(
-    config: ExperimentConfig,
-    num_classes: int,
-    steps_per_epoch: int,
-    replicas: int = 1,
-    student: keras.Model | None = None,
-    num_examples: int = 0,
-) -> keras.Model:
-    """The compiled model that ``fit`` trains for ``config.method`` (a resolved config).
-
-    ``student``: the network to train; by default ``config.model`` from the
-    registry (with synchronised BatchNorm over TensorFlow replicas).
-    ``num_examples``: the training set's size (a per-example table's rows).
-    """
-    if student is None:
-        # Synchronised BatchNorm for tf.distribute replicas; on JAX, keras.distribution already
-        # computes the statistics over the global batch (and Keras refuses synchronized=True).
-        synchronized = replicas > 1 and keras.backend.backend() == "tensorflow"
-        student = models.build(config.model, num_classes, synchronized_batchnorm=synchronized)
-    optimizer = make_optimizer(config, steps_per_epoch)
-    accuracy = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    setup = methods.Setup(num_classes=num_classes, steps_per_epoch=steps_per_epoch,
-                          num_examples=num_examples, epochs=config.epochs)
-    trainer, compile_args = methods.get(config.method).build(config, student, setup)
-    # Weighted: the zero-weight examples that pad an evaluation batch over several devices
-    # do not count (training batches carry no weights).
-    # metrics=None: a KerasHub classifier would add its own accuracy ("auto") beside ours.
-    trainer.compile(optimizer=optimizer, metrics=None, weighted_metrics=accuracy, **compile_args)
-    return trainer
-
-
-def make_optimizer(config: ExperimentConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """``--optimizer`` with the schedule of :func:`learning_rate_schedule`.
-
-    * ``sgd``: :class:`PyTorchSGD` (the CIFAR papers' ``torch.optim.SGD``, L2 weight decay
-      added to the gradient).
-    * ``adamw`` (P's GLUE runs, "AdamW with the default settings"): ``keras.optimizers.AdamW``
-      with PyTorch's defaults, betas 0.9/0.999, eps 1e-8, decoupled weight decay
-      ``weight_decay`` (0.01 by default) on every weight, scaled by the learning rate as
-      ``torch.optim.AdamW`` does.
-    """
-    schedule = learning_rate_schedule(config, steps_per_epoch)
-    if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(
-            learning_rate=schedule, weight_decay=config.weight_decay, beta_1=0.9, beta_2=0.999,
-            epsilon=1e-8,
-        )
-    return PyTorchSGD(learning_rate=schedule, momentum=config.momentum, l2=config.weight_decay)
-
-
-def learning_rate_schedule(config: ExperimentConfig, steps_per_epoch: int):
-    """The papers' schedules, per step.
-
-    * ``cosine`` (MrKD paper): from ``lr`` to 1e-4 over the run.
-    * ``step`` (Pseudo-KD paper): ``lr`` divided by 5 at epochs 60, 120, 160
-      of 200 -- at 30%, 60% and 80% of the run for other lengths.
-    * ``linear`` (GLUE fine-tuning, RoBERTa's recipe; P is silent): from 0 up to ``lr``
-      over the first ``warmup_fraction`` of the steps, then down to 0 at the end
-      (:class:`LinearWarmupDecay`).
-    """
-    total = config.epochs * steps_per_epoch
-    if config.lr_schedule == "linear":
-        warmup = min(round(config.warmup_fraction * total), total - 1)
-        return LinearWarmupDecay(config.lr, warmup, total)
-    if config.lr_schedule == "cosine":
-        floor = min(1e-4, config.lr)
-        return keras.optimizers.schedules.CosineDecay(config.lr, total, alpha=floor / config.lr)
-    # Keras keeps the old value while step <= boundary; PyTorch's MultiStepLR uses the
-    # new one from the first step of the milestone epoch.
-    boundaries = [round(f * config.epochs) * steps_per_epoch - 1 for f in (0.3, 0.6, 0.8)]
-    values = [config.lr / 5**k for k in range(4)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-
-
-def load_teacher(path: str, num_classes: int, sequence_length: int | None = None) -> keras.Model:
-    """A trained ``.keras`` classifier with ``num_classes`` outputs, or :class:`UsageError`.
-
-    On text (``sequence_length`` given): also a KerasHub preset directory of a fine-tuned
-    classifier (``classifier.save_to_preset``), its head kept; a ``.keras`` KerasHub
-    classifier keeps its own preprocessor.
-    """
-    try:
-        if sequence_length is not None:
-            from keras_softkd.models import text  # reloaded KerasHub tasks keep their loss
-
-            if os.path.isdir(path):
-                return _checked_teacher(
-                    path, text.build_text_classifier(path, num_classes, sequence_length), num_classes
-                )
-        teacher = keras.models.load_model(path, compile=False)
-    except Exception as error:  # any unreadable file is a usage error here
-        raise UsageError(f"--teacher={path!r} is not a loadable .keras model: {error}") from None
-    return _checked_teacher(path, teacher, num_classes)
-
-
-def _checked_teacher(path: str, teacher, num_classes: int) -> keras.Model:
-    if not isinstance(teacher, keras.Model) or teacher.output_shape[-1] != num_classes:
-        shape = getattr(teacher, "output_shape", None)
-        raise UsageError(
-            f"--teacher={path!r} must predict {num_classes} classes; its output shape is {shape}."
-        )
-    return teacher
-
-
 def versions() -> dict:
     """Versions of what the results depend on (the backends installed, without importing them)."""
     found = {}
@@ -431,21 +201,6 @@ def _strategy(config: ExperimentConfig):
         return distribute.make_strategy(config.strategy)
     except ValueError as error:
         raise UsageError(f"--strategy={config.strategy}: {error}") from None
-
-
-def _devices_splitting_each_batch(config: ExperimentConfig, strategy) -> int:
-    """How many devices must get an equal share of every batch: those of ``keras.distribution``
-    (JAX), which shards a batch evenly; 1 on TensorFlow, whose tf.distribute splits uneven ones."""
-    if keras.backend.backend() == "tensorflow":
-        return 1
-    devices = strategy.num_replicas_in_sync
-    if config.batch_size % devices:
-        raise UsageError(
-            f"--batch_size={config.batch_size} must be a multiple of the number of devices "
-            f"({devices}, --strategy={config.strategy}): keras.distribution gives every device "
-            f"an equal share of each batch."
-        )
-    return devices
 
 
 def _drop_history_after(path: pathlib.Path, epoch: int) -> None:
