@@ -184,7 +184,7 @@ def test_completed_cells_are_skipped_and_the_rest_run(tmp_path, monkeypatch):
         fake_finished_run(cell)
         return 0
 
-    monkeypatch.setattr(grid, "_run_cell", fake_run_cell)
+    monkeypatch.setattr(grid.local, "_run_cell", fake_run_cell)
     assert grid.run(cells, root) == 1  # the broken cell is reported, not overwritten
     assert ran == ["lsr", "mrkd3_tc"]  # resumed and new; done and broken left alone
     report = (root / "report.md").read_text()
@@ -211,7 +211,7 @@ def test_a_cell_started_with_other_arguments_is_a_conflict(tmp_path, monkeypatch
     (changed,) = grid.plan(["ce"], ["resnet20"], [0], root, train_args=["--epochs=20"])
     state, detail = changed.state()
     assert state == "conflict" and "--epochs=30" in detail and "--epochs=20" in detail
-    monkeypatch.setattr(grid, "_run_cell", lambda *a: pytest.fail("a conflicting cell ran"))
+    monkeypatch.setattr(grid.local, "_run_cell", lambda *a: pytest.fail("a conflicting cell ran"))
     assert grid.run([changed], root, report=False) == 1
 
 
@@ -259,7 +259,7 @@ def test_jobs_run_that_many_cells_at_once_each_with_a_share_of_the_cores(tmp_pat
     # Most cells running at one moment (sampled at every start).
     running = max(sum(s[0] <= start < s[1] for s in spans) for start, _ in spans)
     assert running == jobs
-    cores = len(grid.os.sched_getaffinity(0))
+    cores = len(grid.local.os.sched_getaffinity(0))
     expected = None if jobs == 1 else str(max(1, cores // jobs))
     for folder in folders:
         env = json.loads((folder / "started.json").read_text())["env"]

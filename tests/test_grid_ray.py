@@ -108,7 +108,7 @@ def test_cluster_flag_errors_exit_2_with_one_line(tmp_path, capsys, args, messag
 
 
 def test_a_node_that_cannot_see_the_output_root_fails_the_cell_at_once(tmp_path):
-    from keras_softkd import _grid_ray
+    from keras_softkd.grid import on_ray as _grid_ray
 
     seen = tmp_path / "shared"
     seen.mkdir()
@@ -135,7 +135,7 @@ def test_the_cell_task_reaches_the_workers_without_keras(tmp_path):
     """Ray sends the task by value: a worker runs it without importing keras_softkd (nor Keras)."""
     pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[cluster]')")
     import ray.cloudpickle
-    from keras_softkd import _grid_ray
+    from keras_softkd.grid import on_ray as _grid_ray
 
     ray.cloudpickle.register_pickle_by_value(_grid_ray)
     (tmp_path / "task.pkl").write_bytes(ray.cloudpickle.dumps(_grid_ray.cell_task))

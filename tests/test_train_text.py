@@ -329,7 +329,8 @@ def test_an_uncached_preset_offline_fails_at_once(setup, tmp_path, monkeypatch):
 def test_report_and_grid_show_a_text_runs_headline(setup, teacher_run):
     """The image side's report reads a GLUE run (its test_* are on the dev set) and shows the
     task's headline first; the grid's one-line summary shows it too."""
-    from keras_softkd import grid, report
+    from keras_softkd import report
+    from keras_softkd.grid import progress
 
     runs = report.collect([teacher_run])
     text = report.table_all(runs)
@@ -340,7 +341,7 @@ def test_report_and_grid_show_a_text_runs_headline(setup, teacher_run):
     class Cell:
         output_dir = teacher_run
 
-    assert grid._headline(Cell()).startswith(f"dev accuracy {headline:.2f} | test error")
+    assert progress.headline(Cell()).startswith(f"dev accuracy {headline:.2f} | test error")
 
 
 def test_p_table3_flagfiles_hold_appendix_c_and_resolve():

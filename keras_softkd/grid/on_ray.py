@@ -3,10 +3,12 @@
     python -m keras_softkd.grid --methods=ce,lsr --models=resnet20 --seeds=0-4 \\
         --output_root=/shared/runs --data_dir=/shared/data --ray_address=HEAD:6379 --gpus_per_cell=1
 
-``keras_softkd.grid`` imports this module only when ``--ray_address`` is given
+``keras_softkd.grid.cli`` imports this module only when ``--ray_address`` is given
 (``pip install 'keras-softkd[cluster]'``). The grid keeps its meaning: the same
-cells, commands, folders, skipping, resuming, conflicts and report as the local
-runner (``grid.run``); only where each ``train.py`` runs changes.
+cells (:mod:`keras_softkd.grid.cells`), commands, folders, skipping, resuming,
+conflicts, lines and report (:mod:`keras_softkd.grid.progress`) as the local
+runner (:mod:`keras_softkd.grid.local`); only where each ``train.py`` runs changes.
+Named ``on_ray``, not ``ray``: the real ``ray`` package is imported by its name.
 
 Decisions:
 
@@ -55,7 +57,15 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from keras_softkd import grid
+from keras_softkd.grid.cells import LOG_FILE, Cell, prepare_cell
+from keras_softkd.grid.progress import (
+    Terminated,
+    headline,
+    install_sigterm,
+    summarize,
+    tail,
+    triage,
+)
 
 __all__ = ["run", "FORWARDED"]
 
@@ -162,7 +172,7 @@ def cell_task(command: Sequence[str], output_dir: str, root: str, token_name: st
 
 
 def run(
-    cells: Sequence[grid.Cell],
+    cells: Sequence[Cell],
     output_root,
     address: str,
     *,
@@ -182,7 +192,7 @@ def run(
         cpus_per_cell, gpus_per_cell: what each cell asks Ray for.
         max_retries: reruns of a cell whose node or worker died.
         resources: custom Ray resources each cell asks for (``{"big_gpu": 1}``).
-        report, out: as :func:`keras_softkd.grid.run`.
+        report, out: as :func:`keras_softkd.grid.local.run`.
 
     Returns:
         0 when every cell completed (and the report was written), 1 when a cell
@@ -200,9 +210,9 @@ def run(
     if problem:
         print(f"{_PREFIX}{problem}", file=sys.stderr)
         return 2
-    counts, failed, to_run = grid.triage(cells, out)
+    counts, failed, to_run = triage(cells, out)
     if not to_run:
-        return grid.summarize(cells, counts, failed, output_root, report, out)
+        return summarize(cells, counts, failed, output_root, report, out)
 
     root = pathlib.Path(output_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -261,11 +271,11 @@ def _run_tasks(ray, cells, to_run, counts, failed, root, token_name, token, cpus
     cwd = os.getcwd()
     pending = {}
     durations: list[float] = []
-    previous_handler = grid._install_sigterm()
+    previous_handler = install_sigterm()
     try:
         for where, cell, doing in to_run:
-            grid.prepare_cell(cell)
-            log = cell.output_dir / grid.LOG_FILE
+            prepare_cell(cell)
+            log = cell.output_dir / LOG_FILE
             size = log.stat().st_size if log.exists() else 0
             name = f"grid {cell.model} {cell.column.name} seed{cell.seed}"
             ref = task.options(**options, name=name).remote(
@@ -289,7 +299,7 @@ def _run_tasks(ray, cells, to_run, counts, failed, root, token_name, token, cpus
                 if summary:
                     counts["failed"] += 1
                     failed.append(summary)
-    except (KeyboardInterrupt, grid._Terminated):
+    except (KeyboardInterrupt, Terminated):
         _cancel(ray, pending)
         print("\nInterrupted: the running cells were cancelled; run the same command again to "
               "resume.", file=out, flush=True)
@@ -299,7 +309,7 @@ def _run_tasks(ray, cells, to_run, counts, failed, root, token_name, token, cpus
             import signal
 
             signal.signal(signal.SIGTERM, previous_handler)
-    return grid.summarize(cells, counts, failed, root, report, out)
+    return summarize(cells, counts, failed, root, report, out)
 
 
 def _describe(ray, cells: int, asks: dict, out) -> None:
@@ -329,20 +339,20 @@ def _result(ray, ref) -> dict:
                 "host": "?", "seconds": 0.0}
 
 
-def _finished(where: str, cell: grid.Cell, result: dict, left: str, out) -> str:
+def _finished(where: str, cell: Cell, result: dict, left: str, out) -> str:
     """Prints the cell's line; ``""`` when it completed, else what failed."""
     node = f"{result['host']} {result['node'][:8]}"
     if cell.state()[0] == "done":
         code = result["code"]
-        note = "" if code == 0 else f"; train.py then exited with {code}, see {grid.LOG_FILE}"
-        print(f"{where}: {grid._headline(cell)} ({result['seconds']:.0f} s on {node}{note}); "
+        note = "" if code == 0 else f"; train.py then exited with {code}, see {LOG_FILE}"
+        print(f"{where}: {headline(cell)} ({result['seconds']:.0f} s on {node}{note}); "
               f"{left}", file=out, flush=True)
         return ""
     if result["error"]:
         print(f"{where}: FAILED: {result['error']}; {left}", file=out, flush=True)
         return f"{cell.output_dir}: {result['error']}"
-    log = cell.output_dir / grid.LOG_FILE
-    lines = "\n".join(f"      {line}" for line in grid._tail(log, 8))
+    log = cell.output_dir / LOG_FILE
+    lines = "\n".join(f"      {line}" for line in tail(log, 8))
     print(f"{where}: FAILED (exit {result['code']}, {result['seconds']:.0f} s on {node}); {left}; "
           f"last lines of {log}:\n{lines}", file=out, flush=True)
     return f"{cell.output_dir}: train.py exited with {result['code']} on {node}"
@@ -408,7 +418,7 @@ def _cancel(ray, pending: dict) -> None:
     canceller.join(timeout=20)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     for _, cell, size in pending.values():
-        log = cell.output_dir / grid.LOG_FILE
+        log = cell.output_dir / LOG_FILE
         try:
             if log.stat().st_size > size:  # its task wrote its first lines: it had started
                 with open(log, "a") as file:

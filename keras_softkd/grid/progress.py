@@ -1,0 +1,113 @@
+"""What both grid runners do around the cells they run: pick the cells to run, one line per
+finished cell, the closing summary and the report; SIGTERM as an exception.
+
+Shared by the local runner (:mod:`keras_softkd.grid.local`) and the Ray one
+(:mod:`keras_softkd.grid.on_ray`), so that a grid prints and ends alike wherever its
+``train.py`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import sys
+from typing import Sequence
+
+from keras_softkd import _io
+from keras_softkd.grid.cells import CURVES_FILE, REPORT_FILE, RESULTS_FILE, Cell
+
+__all__ = ["Terminated", "headline", "install_sigterm", "summarize", "tail", "triage",
+           "write_report"]
+
+
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so that the running cell is stopped cleanly."""
+
+
+def install_sigterm():
+    def terminate(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (e.g. inside some notebook runners)
+        return None
+
+
+def triage(cells: Sequence[Cell], out
+           ) -> tuple[dict[str, int], list[str], list[tuple[str, Cell, str]]]:
+    """Prints the cells that are done or cannot run; ``(counts, failed, to_run)``.
+
+    ``to_run`` holds ``(where, cell, doing)``: the cell's ``[i/n] model column
+    seed`` label and ``"running"`` or ``"resuming from epoch N"``. Shared by the
+    local runner and the Ray one (:mod:`keras_softkd.grid.on_ray`).
+    """
+    counts = {"done": 0, "ran": 0, "failed": 0}
+    failed: list[str] = []
+    to_run = []
+    for index, cell in enumerate(cells, 1):
+        state, detail = cell.state()
+        where = f"[{index}/{len(cells)}] {cell.model} {cell.column.name} seed{cell.seed}"
+        if state == "done":
+            counts["done"] += 1
+            print(f"{where}: done, skipped", file=out, flush=True)
+        elif state in ("conflict", "broken"):
+            counts["failed"] += 1
+            failed.append(f"{cell.output_dir}: {state}: {detail}")
+            print(f"{where}: {state}, not run: {detail}", file=out, flush=True)
+        else:
+            to_run.append((where, cell, "resuming " + detail if state == "resume" else "running"))
+    return counts, failed, to_run
+
+
+def summarize(cells: Sequence[Cell], counts: dict[str, int], failed: Sequence[str], output_root,
+              report: bool, out) -> int:
+    """The closing lines and the report; the exit status (0, or 1 if a cell or the report failed)."""
+    print(f"\n{len(cells)} cells: {counts['done']} already done, {counts['ran']} run, "
+          f"{counts['failed']} failed.", file=out)
+    for line in failed:
+        print(f"  {line}", file=out)
+    status = 1 if failed else 0
+    if report:
+        status = max(status, write_report(output_root, out))
+    out.flush()
+    return status
+
+
+def headline(cell: Cell) -> str:
+    results = json.loads((cell.output_dir / RESULTS_FILE).read_text())
+    if results.get("diverged") or results.get("test_error") is None:
+        return "diverged: no finite test logits (recorded, not run again)"
+    glue = (f"dev {results['glue_metric']} {results['glue_score']:.2f} | "
+            if results.get("glue_score") is not None else "")  # a GLUE run's headline
+    return (f"{glue}test error {100 * results['test_error']:.2f}% | NLL {results['test_nll']:.4f} | "
+            f"ECE {100 * results['test_ece']:.2f}%")
+
+
+def tail(path: pathlib.Path, lines: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def write_report(output_root, out=None) -> int:
+    """Tables and curves of every completed run under ``output_root``; 0 if written."""
+    from keras_softkd import report
+
+    out = out or sys.stdout
+    root = pathlib.Path(output_root)
+    try:
+        runs = report.collect([root]) if root.exists() else report.Runs()
+        if not runs:
+            print(f"No completed run under {root}: no report.", file=out)
+            return 1
+        text = report.table_all(runs)
+        _io.write_text_atomic(root / REPORT_FILE, text)
+        report.plot_curves(runs, root / CURVES_FILE)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"Report failed: {error}", file=out)
+        return 1
+    print(f"\n{text}\nWrote {root / REPORT_FILE} and {root / CURVES_FILE}", file=out)
+    return 0
