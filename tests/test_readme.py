@@ -56,7 +56,7 @@ def skip_reason(page: str, block: str):
                 "executes the notebooks themselves")
     if "benchmarks/" in block and re.search(r"benchmarks/\w+\.(py|sh)", block):
         return ("runs a benchmark for minutes (each prints a timing table); benchmarks/README.md "
-                "records their runs and tests/test_backends.py runs method_throughput.py's GPU mode")
+                "records their runs; tests/test_backends.py runs gpu_backends.sh, shrunk")
     if ".[bench]" in block:
         return "installs PyTorch for the benchmarks only"
     return None
