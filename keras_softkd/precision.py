@@ -23,7 +23,7 @@ wrapper's weights, checkpoints and ``.keras`` files are those of
 is ``mixed_bfloat16`` where the hardware computes bfloat16 natively (:func:`native_bfloat16`),
 else ``float32``; ``--teacher_precision=auto`` is ``bfloat16`` where bfloat16 is native, the
 method has such teachers, the dataset is an image one and the student trains in float32 (an
-explicit ``--precision=float32``), ``same`` everywhere else. The evidence (issue 17, README
+explicit ``--precision=float32``), ``same`` everywhere else. The evidence (docs/results.md,
 "Precision"): on CIFAR-10 bfloat16 CE's test error differed from float32's by -0.12 ± 1.10
 points over 6 seeds (within float32's seed spread, 2.12), at 1.28x the images/s on a CPU with
 ``avx512_bf16``; bfloat16 teachers' logits stay within the tolerance that

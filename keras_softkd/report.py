@@ -45,7 +45,7 @@ Decisions:
   baseline on the same seed: mean ± std over the seeds both have. Pairing
   removes the seeds' differences in starting point and data order, not the
   divergence of two trajectories: whether its std is smaller than the cells'
-  in :func:`table` is an empirical matter (in the README's 15-epoch
+  in :func:`table` is an empirical matter (in docs/results.md's 15-epoch
   reproduction it is not).
 * **Curves.** A resumed run's ``history.csv`` may repeat epochs (``CSVLogger``
   appends from the resumed epoch): the last row of each epoch wins.

@@ -335,7 +335,7 @@ def _fail_fast_offline(info, split, data_dir) -> None:
     raise FileNotFoundError(
         f"no local {info.name} {split!r} files in {where} and TensorFlow Datasets cannot download "
         f"{info.tfds_name!r} ({problem}); give data_dir a folder holding one of: "
-        f"{accepted_files(info.name)} (README.md, \"Data\")."
+        f"{accepted_files(info.name)} (docs/training.md, \"Data\")."
     )
 
 
