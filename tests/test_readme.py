@@ -31,9 +31,6 @@ PAGES = {
     "docs/clusters.md": 2,
     "benchmarks/README.md": 5,
 }
-# Linked from the README and docs/developing.md, written on a branch of its own: allowed to be
-# missing until that branch is merged.
-PENDING_LINK_TARGETS = {"docs/ARCHITECTURE.md"}
 
 
 def bash_blocks(page: str) -> list[str]:
@@ -150,8 +147,7 @@ def test_relative_links_resolve(page):
         resolved = (path.parent / file).resolve() if file else path
         relative = os.path.relpath(resolved, ROOT)
         if not resolved.exists():
-            if relative not in PENDING_LINK_TARGETS:
-                broken.append(f"{target} (no {relative})")
+            broken.append(f"{target} (no {relative})")
             continue
         if anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
             broken.append(f"{target} (no heading #{anchor} in {relative})")
