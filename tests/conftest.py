@@ -1,7 +1,14 @@
-"""Test set-up: two logical CPU devices (for tf.distribute tests) and the real data path.
+"""Test set-up: two logical CPU devices (for tf.distribute tests), the real data path, and
+how the suite runs: its order, its xdist workers, the other backends' runs in the background.
 
 The logical devices must be configured before TensorFlow initialises, so this
 runs at import time, before any test module imports keras.
+
+``pytest`` runs the tests on pytest-xdist workers (``-n auto`` in pytest.ini: one per core,
+fewer where memory is short); ``-m "not slow"`` leaves out the long end-to-end runs (the
+inner loop while developing). The long tests are sent to the workers first, so that no worker
+is left with one at the end while the others idle; the test that waits for the JAX and
+PyTorch runs (``backend_runs``) comes last, so that those runs overlap the rest.
 """
 
 import os
@@ -22,6 +29,57 @@ if os.environ["KERAS_BACKEND"] == "tensorflow":
     )
 
 DATA_ENV = "KERAS_SOFTKD_DATA_DIR"
+
+#: Memory one xdist worker can reach (TensorFlow, the traced functions of its tests).
+WORKER_MEMORY = 5 * 2**30
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per usable core, as many as the memory holds (at least one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(cores or 1, memory // WORKER_MEMORY))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, the backend suite's wait last, the rest between (stable order)."""
+    import backend_runs
+
+    def rank(item):
+        if item.nodeid.startswith(backend_runs.SUITE_TEST):
+            return 2
+        return 0 if item.get_closest_marker("slow") else 1
+
+    items.sort(key=rank)
+
+
+def pytest_collection_finish(session):
+    """Without xdist (or in ``-n 0``), this process starts the other backends' runs."""
+    import backend_runs
+
+    if not hasattr(session.config, "workerinput") and not _distributed(session.config):
+        backend_runs.start(item.nodeid for item in session.items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """Under xdist the controller starts them, once, when the first worker has collected."""
+    import backend_runs
+
+    backend_runs.start(ids)
+
+
+def pytest_sessionfinish(session):
+    import backend_runs
+
+    if not hasattr(session.config, "workerinput"):
+        backend_runs.stop()
+
+
+def _distributed(config) -> bool:
+    """Whether this is an xdist controller with workers."""
+    return config.pluginmanager.has_plugin("dsession")
 
 #: TensorFlow's start-up chatter (C++ log lines written before its logging starts; issue 16).
 TF_STARTUP = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuInit|oneDNN|cuda drivers", re.M)

@@ -1,10 +1,11 @@
 """The loss, teacher, MrKD, CS-KD, PS-KD and NumPy-pipeline tests again under JAX and PyTorch.
 
 The Keras backend is fixed when Keras is first imported, so each backend runs
-in its own ``python -m pytest`` process with ``KERAS_BACKEND`` set: the one
-test command of the README then covers all three backends. JAX and PyTorch
-come from the ``backends`` extra (``pip install -e ".[test,backends]"``);
-where one is not installed its run is skipped, with the reason.
+in its own ``python -m pytest`` process with ``KERAS_BACKEND`` set (started in the
+background at the start of the session: ``backend_runs``): the one test command of
+the README then covers all three backends. JAX and PyTorch come from the ``backends``
+extra (``pip install -e ".[test,backends]"``); where one is not installed its run is
+skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -21,73 +22,40 @@ import keras
 import numpy as np
 import pytest
 
+import backend_runs
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FILES = [
-    "tests/test_losses.py",
-    "tests/test_teachers.py",
-    "tests/test_memory_replay.py",
-    "tests/test_py_dataset.py",
-    "tests/test_cskd.py",
-    "tests/test_pskd.py",
-    "tests/test_beta_ls.py",
-    "tests/test_mrkd_average.py",
-    "tests/test_krls.py",
-    "tests/test_precision.py",
-]
-
-
-BACKENDS = ("jax", "torch")
 TIMEOUT = 900  # seconds, for each backend's run (about 4 min for JAX, 2 for PyTorch, on 2 cores)
 
 
-@pytest.fixture(scope="module")
-def backend_runs(tmp_path_factory):
-    """Both backends' runs, started together on first use: much of each is single-threaded
-    (imports, tracing), so they overlap on the cores; each test waits for its own."""
-    folder = tmp_path_factory.mktemp("backends")
-    runs = {}
-    for backend in BACKENDS:
-        if importlib.util.find_spec(backend) is None:
-            continue
-        env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
-        command = [sys.executable, "-m", "pytest", *FILES, "-q", "-x", "-p", "no:cacheprovider"]
-        output = open(folder / f"{backend}.log", "w+")  # a file: a full pipe would stall a run
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output,
-                                   stderr=subprocess.STDOUT, text=True)
-        runs[backend] = (process, output, time.monotonic())
-    yield runs
-    for process, output, _ in runs.values():
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        output.close()
-
-
+@pytest.mark.slow
+@pytest.mark.xdist_group("backends")
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="run from the default (TensorFlow) suite; this process already runs one other backend",
 )
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_suite_passes_under_backend(backend, backend_runs):
-    if backend not in backend_runs:
+@pytest.mark.parametrize("backend", backend_runs.BACKENDS)
+def test_suite_passes_under_backend(backend, request):
+    """The backend's run of ``backend_runs.FILES``, started in the background when the session
+    began (``backend_runs.start``), passed: this test waits for its exit status."""
+    if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install -e '.[backends]')")
-    process, output, start = backend_runs[backend]
-    try:
-        process.wait(timeout=max(1.0, start + TIMEOUT - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    elapsed = time.monotonic() - start
-    output.seek(0)
-    text = output.read()
+    where = backend_runs.folder(backend_runs.starter_pid(request.config))
+    status, log = where / f"{backend}.rc", where / f"{backend}.log"
+    start = time.monotonic()
+    while not status.exists() and time.monotonic() - start < TIMEOUT:
+        time.sleep(1)
+    text = log.read_text() if log.exists() else f"no log: {log} (was the run started?)"
     summary = text.strip().splitlines()[-1] if text.strip() else ""
-    print(f"KERAS_BACKEND={backend}: {summary} ({elapsed:.0f} s)")
-    assert process.returncode == 0, (
-        f"KERAS_BACKEND={backend} pytest {' '.join(FILES)} failed (exit {process.returncode}; "
-        f"killed after {TIMEOUT} s if negative):\n{text[-8000:]}"
+    print(f"KERAS_BACKEND={backend}: {summary} (waited {time.monotonic() - start:.0f} s)")
+    returncode = int(status.read_text()) if status.exists() else None
+    assert returncode == 0, (
+        f"KERAS_BACKEND={backend} pytest {' '.join(backend_runs.FILES)} failed (exit "
+        f"{returncode}; None: still running after {TIMEOUT} s of waiting):\n{text[-8000:]}"
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="run from the default (TensorFlow) suite, which starts the JAX process itself",
@@ -137,6 +105,7 @@ print("RESULTS=" + json.dumps({**results, "val_accuracy": float(history[-1]["val
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="run from the default (TensorFlow) suite, which starts the JAX process itself",
@@ -168,6 +137,7 @@ def test_experiment_on_two_jax_devices_with_sets_they_do_not_divide(tmp_path):
     assert results["val_accuracy"] == pytest.approx(1 - results["test_error"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="run from the default (TensorFlow) suite, which starts the JAX process itself",

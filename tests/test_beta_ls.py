@@ -323,6 +323,7 @@ def test_keras_file_round_trip(tmp_path):
     assert int(to_numpy(loaded.step)) == STEPS
 
 
+@pytest.mark.slow
 @tensorflow_only("experiment.run with the tf.data pipeline")
 def test_experiment_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
     """experiment.run (train.py's body) with --method=beta_ls, killed right after epoch 2's
@@ -370,6 +371,7 @@ def test_two_replicas_equal_one_device(examples):
 # -- (e) on a real network and real images ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_on_real_cifar10(real_data_dir):
     """The small conv net of test_cskd.py on 1024 real CIFAR-10 training images, 4 epochs of
     Beta-LS as train.py builds it: the average teaches something (finite, spread-out predictions,

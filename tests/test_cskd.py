@@ -371,6 +371,7 @@ def tiny_network(name, num_classes, synchronized_batchnorm=False):
     return keras.Model(inputs, keras.layers.Dense(num_classes)(h))
 
 
+@pytest.mark.slow
 def test_resume_through_experiment_run_equals_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
     """--method=cs_kd, 3 epochs; interrupted after epoch 1's checkpoint and run again: the
     resumed run (same partners, restored weights) ends where the uninterrupted one ends."""
@@ -431,6 +432,7 @@ def same_class_kl(logits, labels, rng, pairs_per_class=300):
     return float(np.mean(kls))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "tensorflow",
                     reason="the real-data check runs once, in the TensorFlow suite")
 def test_real_cifar10_partners_are_sane_and_pull_same_class_predictions_together(real_data_dir):
@@ -497,6 +499,7 @@ print("RESULTS=" + json.dumps({"one": run(None),
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "tensorflow",
                     reason="run from the default (TensorFlow) suite, which starts the JAX process")
 def test_jax_data_parallel_over_two_devices_equals_one_device(tmp_path):

@@ -431,7 +431,7 @@ def test_offline_without_local_files_fails_fast_and_leaves_nothing(tmp_path, off
         message = str(error.value)
         assert "\n" not in message and "www.cs.toronto.edu unreachable" in message
         for name in ("cifar10_train.npz", "cifar10_test.npz", "cifar-10-python.tar.gz",
-                     "cifar-10-batches-bin/", "README.md"):
+                     "cifar-10-batches-bin/", "docs/training.md"):
             assert name in message, name
     assert list(folder.iterdir()) == [] and not offline.exists()
     assert home_default.exists() == home_default_existed

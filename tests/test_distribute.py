@@ -377,6 +377,7 @@ def check_workers_agree(tmp_path, results, student, losses, predictions):
     assert os.listdir(str(second["output_dir"])) == []
 
 
+@pytest.mark.slow
 def test_mrkd_fit_with_two_workers(tmp_path):
     results = run_two_workers(tmp_path, "mrkd")
     mrkd, student, losses, predictions = reference("mrkd")
@@ -389,6 +390,7 @@ def test_mrkd_fit_with_two_workers(tmp_path):
             np.testing.assert_allclose(a, single.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_plain_model_fit_with_two_workers(tmp_path):
     results = run_two_workers(tmp_path, "plain")
     _, student, losses, predictions = reference("plain")

@@ -246,6 +246,7 @@ def fake_train(tmp_path, monkeypatch):
     return script
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_jobs_run_that_many_cells_at_once_each_with_a_share_of_the_cores(tmp_path, fake_train, jobs, capsys):
     root = tmp_path / "runs"
@@ -270,6 +271,7 @@ def test_jobs_run_that_many_cells_at_once_each_with_a_share_of_the_cores(tmp_pat
     assert "--jobs must be an integer >= 1; got --jobs=0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_running_cell_and_starts_no_other(tmp_path, fake_train):
     import os
     import signal
@@ -302,6 +304,7 @@ def test_sigterm_stops_every_running_cell_and_starts_no_other(tmp_path, fake_tra
 # -- one real grid ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_tiny_grid_finishes_and_reports(tmp_path, monkeypatch, capsys):
     data = write_tiny_cifar(tmp_path / "data")
     root = tmp_path / "runs"

@@ -20,6 +20,9 @@ import pytest
 from conftest import write_tiny_cifar
 from keras_softkd import grid
 
+# One worker runs this file's tests: each starts Ray clusters, which must not meet another's.
+pytestmark = pytest.mark.xdist_group("ray")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RAY_VERSION = "2.60.0"  # setup.py's [cluster] extra
 
@@ -76,6 +79,7 @@ def assert_same_run(a: pathlib.Path, b: pathlib.Path, weights: bool = False) -> 
 # -- without Ray: no import, usage errors -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_local_grid_never_imports_ray(tmp_path):
     script = (
         "import sys\nfrom keras_softkd import grid\n"
@@ -208,6 +212,7 @@ def ray_cluster(monkeypatch):
 NODE = dict(object_store_memory=80 * 2**20, node_ip_address="127.0.0.1")
 
 
+@pytest.mark.slow
 def test_a_two_node_cluster_runs_the_grid_like_the_local_runner(reference, ray_cluster):
     base, data, local = reference
     cluster = ray_cluster(head_cpus=1)
@@ -241,6 +246,7 @@ def _train_processes(cell_dir: pathlib.Path) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_cell_whose_node_dies_is_rerun_elsewhere_and_resumes_to_the_same_result(
         reference, ray_cluster):
@@ -294,6 +300,7 @@ if not (out.parents[2] / "finish").exists():
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_running_cells_and_the_next_start_goes_on(tmp_path, ray_cluster):
     import signal
 

@@ -438,6 +438,7 @@ def test_keras_file_round_trip(tmp_path):
     np.testing.assert_allclose(to_numpy(loaded.matrix), to_numpy(krls.matrix), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 @tensorflow_only("experiment.run with the tf.data pipeline")
 def test_experiment_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
     """experiment.run (train.py's body) with --method=kr_ls, killed right after epoch 2's
@@ -507,6 +508,7 @@ print("STEPS", [row["step"] for row in recorder.rows])
 """
 
 
+@pytest.mark.slow
 @tensorflow_only("run from the default (TensorFlow) suite, which starts the JAX process itself")
 def test_jax_data_parallel_over_two_devices_equals_the_reference():
     """keras.distribution.DataParallel over two CPU devices (JAX): the matrix step sums both
@@ -531,6 +533,7 @@ def test_jax_data_parallel_over_two_devices_equals_the_reference():
 # -- real CIFAR-10 --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @tensorflow_only("one backend is enough for the behaviour on real data")
 def test_on_real_cifar10(real_data_dir):
     """A small CNN, 2,000 real CIFAR-10 images, 4 epochs of KR-LS: the matrix's rows are finite,

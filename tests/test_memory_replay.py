@@ -174,6 +174,7 @@ def test_schedule_run_eagerly(copies, interval):
     )
 
 
+@pytest.mark.slow
 @tensorflow_only("tf.distribute.MirroredStrategy")
 @pytest.mark.parametrize("copies,interval", [(2, 3)])
 def test_mirrored_two_replicas_equals_single_device(copies, interval):
@@ -400,6 +401,7 @@ RESUME_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @tensorflow_only(
     "three fresh processes cost 35 to 60 s on the other backends; "
     "test_resume_in_process_matches_uninterrupted_run covers resuming there"
@@ -450,6 +452,7 @@ class InterruptAt(keras.callbacks.Callback):
             raise Interrupted(f"step {self.at}")
 
 
+@pytest.mark.slow
 def test_resume_in_process_matches_uninterrupted_run(tmp_path):
     """BackupAndRestore, in one process: a run interrupted in epoch 3 and resumed by a
     fresh model (other initial weights) ends exactly where an uninterrupted run ends:

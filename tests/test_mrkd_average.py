@@ -223,6 +223,7 @@ def test_config_horizon_and_update_interval():
 # -- (c) saving and resuming -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_save_load_weights_and_continue_equals_uninterrupted(tmp_path):
     x, y = data()
     full, _ = train(copies=1, interval=3, decay=0.7)
@@ -257,6 +258,7 @@ def test_keras_file_round_trip(tmp_path):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
+@pytest.mark.slow
 @tensorflow_only("experiment.run with the tf.data pipeline")
 def test_experiment_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
     """experiment.run with --method=mrkd_ema_tc beside one copy, killed right after epoch 2's
@@ -270,6 +272,7 @@ def test_experiment_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path,
 # -- (d) two replicas --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @tensorflow_only("tf.distribute.MirroredStrategy")
 def test_two_replicas_hold_identical_averages_equal_to_one_device():
     """Per-replica BatchNorm statistics drift apart; the average (of the primary replica's
@@ -292,6 +295,7 @@ def test_two_replicas_hold_identical_averages_equal_to_one_device():
 # -- (e) on a real network and real images --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_on_real_cifar10(real_data_dir):
     """The small conv net of test_cskd.py on 1024 real CIFAR-10 training images, 4 epochs of
     mrkd_ema as train.py builds it (kappa and the average's horizon 0.5 epoch): the average

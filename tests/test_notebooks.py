@@ -93,6 +93,7 @@ def with_parameters(notebook, text: str):
     return notebook
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_notebook_runs_top_to_bottom(name, kernel_dirs, real_data_dir, tmp_path):
     if not (real_data_dir / "cifar10_train.npz").exists():

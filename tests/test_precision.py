@@ -508,6 +508,7 @@ def tiny_run_settings(tmp_path, monkeypatch, **fields):
     return {**settings, **fields}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("native", [NATIVE, NOT_NATIVE])
 def test_a_run_records_the_resolved_precisions_what_was_asked_and_why(native, tmp_path, monkeypatch,
                                                                       hardware):
@@ -593,6 +594,7 @@ def test_resuming_a_checkpoint_written_before_auto_takes_that_times_defaults(har
 # -- on a real network and real images, in the default precision where bfloat16 is native ---
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="the real-data check runs once, in the TensorFlow suite")
 def test_mrkd_in_bfloat16_on_real_images_teaches_a_spread_distribution_and_learns(

@@ -309,6 +309,7 @@ def test_keras_file_round_trip(tmp_path):
     assert int(to_numpy(loaded.step)) == STEPS
 
 
+@pytest.mark.slow
 @tensorflow_only("experiment.run with the tf.data pipeline")
 def test_experiment_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
     """experiment.run (train.py's body) with --method=pskd, killed right after epoch 2's
@@ -375,6 +376,7 @@ print("STEPS", [row["step"] for row in recorder.rows])
 """
 
 
+@pytest.mark.slow
 @tensorflow_only("run from the default (TensorFlow) suite, which starts the JAX process itself")
 def test_jax_data_parallel_over_two_devices_equals_the_reference(tmp_path):
     """keras.distribution.DataParallel over two CPU devices (JAX): each device's rows reach the
@@ -469,6 +471,7 @@ def test_indices_keep_the_order_and_augmentation(backend):
 # -- (f) real CIFAR-10 ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @tensorflow_only("one backend is enough for the behaviour on real data")
 def test_on_real_cifar10(real_data_dir):
     """A small CNN, 1,500 real CIFAR-10 images, 4 epochs of PS-KD: the table holds finite

@@ -89,6 +89,7 @@ def test_the_blocks_are_found_and_use_the_environments_python(page):
             assert not re.search(r"(^|[\s;&|(\"'=])pip3? ", line), f"bare pip in {page}: {line}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page,index", all_blocks(), ids=[f"{p}:{i}" for p, i in all_blocks()])
 def test_block_runs_as_written(page, index, tmp_path):
     block = bash_blocks(page)[index]
@@ -106,6 +107,7 @@ def test_block_runs_as_written(page, index, tmp_path):
         assert "Top-1 test error" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_readme_python_runs_as_written(tmp_path):
     """The API screenful, as one script, in a fresh process in an empty folder (so what it saves
     lands there, not in the repository)."""

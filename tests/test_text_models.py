@@ -40,6 +40,7 @@ LOSSES = {
 }
 
 
+@pytest.mark.slow
 def test_our_losses_train_a_keras_hub_classifier_on_raw_strings():
     x, y = toy_texts(64)
     for name, make_loss in LOSSES.items():
@@ -53,6 +54,7 @@ def test_our_losses_train_a_keras_hub_classifier_on_raw_strings():
         assert history[-1] < history[0] - 0.05, (name, history)
 
 
+@pytest.mark.slow
 def test_a_reloaded_classifier_keeps_our_loss_and_its_optimizer_state(tmp_path):
     x, y = toy_texts(32)
     classifier = roberta_classifier("student")
@@ -71,6 +73,7 @@ def test_a_reloaded_classifier_keeps_our_loss_and_its_optimizer_state(tmp_path):
     np.testing.assert_allclose(float(after), float(before), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_kd_from_a_bigger_teacher_with_its_own_tokenizer():
     x, y = toy_texts(32)
     teacher = bert_classifier("teacher")
@@ -106,6 +109,7 @@ def test_a_teacher_that_preprocesses_as_the_student_shares_its_tokens():
     assert set(shorter.preprocess_samples(x)) == {"student", "teacher"}
 
 
+@pytest.mark.slow
 def test_kd_on_teacher_logits_computed_once_is_kd_on_the_teacher_in_the_step():
     x, y = toy_texts(16)
     teacher = bert_classifier("teacher")
@@ -138,6 +142,7 @@ class _Weights(keras.callbacks.Callback):
         self.after_step.append([v.numpy() for v in self.student.trainable_variables])
 
 
+@pytest.mark.slow
 def test_mrkd_on_sentence_pairs_refreshes_its_copies_every_interval():
     (first, second), y = toy_texts(32, pairs=True)
     student = bert_classifier("student")  # WordPiece: its tf.data graph builds faster than BPE's
@@ -162,6 +167,7 @@ def test_mrkd_on_sentence_pairs_refreshes_its_copies_every_interval():
     assert trainer.predict((first[:3], second[:3]), verbose=0).shape == (3, 2)
 
 
+@pytest.mark.slow
 def test_build_text_classifier_loads_a_local_preset(tmp_path):
     teacher = bert_classifier("teacher")
     directory = save_preset(teacher, tmp_path / "teacher")
@@ -190,6 +196,7 @@ def test_a_preset_that_cannot_be_downloaded_fails_at_once(tmp_path, monkeypatch)
     assert "--model=roberta_large_en" in message and "save_to_preset" in message
 
 
+@pytest.mark.slow
 def test_without_keras_hub_the_package_imports_and_text_says_what_to_install():
     script = (
         "import sys; sys.modules['keras_hub'] = None\n"

@@ -8,12 +8,14 @@ training with it does: 1024 real training images, the small conv net of test_csk
 
 import keras
 import numpy as np
+import pytest
 
 from keras_softkd import data, losses, teachers
 
 from test_cskd import small_network
 
 
+@pytest.mark.slow
 def test_real_cifar10_tf_reg_teacher_is_near_uniform_and_training_softens_the_student(real_data_dir):
     x, y = data.load("cifar10", "train", str(real_data_dir))
     x, y = data.take_subset(x, y, 1024, 0)

@@ -157,6 +157,7 @@ def test_a_seed_fixes_the_initial_weights_and_the_batches_for_every_method(tmp_p
     assert not all(np.array_equal(a, b) for a, b in zip(reference["weights"], other["weights"]))
 
 
+@pytest.mark.slow
 def test_a_kd_run_records_its_teachers_network(tmp_path):
     """results.json names the teacher's network, which names the report's KD column (KD-29)."""
     import keras
@@ -179,6 +180,7 @@ def test_a_kd_run_records_its_teachers_network(tmp_path):
     assert written["teacher_model"] == "resnet20" and written["completed"]
 
 
+@pytest.mark.slow
 def test_keep_best_saves_the_student_of_the_best_held_out_epoch(tmp_path):
     """P picks teachers "based on their best accuracy": on the held-out split, never the test set."""
     import keras
@@ -220,6 +222,7 @@ def test_learning_rate_schedules_reach_the_papers_values():
 # -- the command line (subprocesses: real exits) ------------------------------------------
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line_without_traceback(tmp_path):
     data_dir = write_tiny_cifar(tmp_path / "data")
     for args, flag in [
@@ -251,6 +254,8 @@ def tiny_run(tmp_path_factory):
     return root, args, full
 
 
+@pytest.mark.xdist_group("train_tiny_run")
+@pytest.mark.slow
 def test_a_run_prints_our_lines_not_tensorflows(tiny_run):
     *_, full = tiny_run
     output = full.stdout + full.stderr
@@ -258,6 +263,8 @@ def test_a_run_prints_our_lines_not_tensorflows(tiny_run):
     assert not TF_STARTUP.search(output), TF_STARTUP.search(output).group(0)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("train_tiny_run")
 def test_run_files_are_readable_as_a_plain_write_makes_them(tiny_run):
     root, *_ = tiny_run
     files = [path for path in (root / "full").rglob("*") if path.is_file()]
@@ -267,6 +274,7 @@ def test_run_files_are_readable_as_a_plain_write_makes_them(tiny_run):
     assert set(modes.values()) == {"0o644"}, modes  # umask 0022: rw-r--r--, as open(..., "w")
 
 
+@pytest.mark.slow
 def test_precision_flags_in_a_dry_run_and_the_deprecated_mixed_precision():
     def resolved(*args):
         result = run_train("--dry_run", *args)
@@ -300,6 +308,7 @@ def test_precision_flags_in_a_dry_run_and_the_deprecated_mixed_precision():
     assert len(error_lines) == 1 and "--precision" in error_lines[0], result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_help_exits_zero_without_tensorflow_lines():
     result = run_train("--help")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -308,6 +317,7 @@ def test_help_exits_zero_without_tensorflow_lines():
     assert not TF_STARTUP.search(result.stdout + result.stderr)
 
 
+@pytest.mark.slow
 def test_offline_without_data_fails_fast_with_one_line_and_leaves_nothing(tmp_path):
     offline = (
         "import runpy, socket, sys\n"
@@ -331,6 +341,8 @@ def test_offline_without_data_fails_fast_with_one_line_and_leaves_nothing(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("train_tiny_run")
 def test_outputs_of_a_run(tiny_run):
     root, *_ = tiny_run
     out = root / "full"
@@ -357,6 +369,8 @@ def test_outputs_of_a_run(tiny_run):
     assert not list(out.glob(".tmp-*"))  # atomic writes leave no temporary files
 
 
+@pytest.mark.xdist_group("train_tiny_run")
+@pytest.mark.slow
 def test_finished_run_is_not_overwritten(tiny_run):
     root, args, _ = tiny_run
     before = (root / "full" / "results.json").read_text()
@@ -365,6 +379,8 @@ def test_finished_run_is_not_overwritten(tiny_run):
     assert (root / "full" / "results.json").read_text() == before
 
 
+@pytest.mark.xdist_group("train_tiny_run")
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tiny_run):
     import keras
 
@@ -406,6 +422,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 """
 
 
+@pytest.mark.slow
 def test_two_replicas_train_like_one_device(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     runs = run_on_one_and_two_devices(tmp_path, TWO_LOGICAL_CPUS, env)

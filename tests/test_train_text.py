@@ -129,11 +129,15 @@ def teacher_run(setup):
     return out
 
 
+@pytest.mark.xdist_group("text_presets")
+@pytest.mark.slow
 def test_ce_trains_the_teacher_on_sentence_pairs(setup, teacher_run):
     results = check_results(setup, teacher_run, "rte")
     assert results["method"] == "ce" and "teacher_model" not in results
 
 
+@pytest.mark.xdist_group("text_presets")
+@pytest.mark.slow
 def test_kd_from_a_bigger_teacher_with_its_own_tokenizer(setup, teacher_run):
     out = setup["root"] / "kd_rte"
     result = run_train("--method=kd", "--dataset=rte", f"--model={setup['student']}",
@@ -148,6 +152,8 @@ def test_kd_from_a_bigger_teacher_with_its_own_tokenizer(setup, teacher_run):
         0.5, 5.0)
 
 
+@pytest.mark.xdist_group("text_presets")
+@pytest.mark.slow
 @pytest.mark.parametrize("method,task", [("lsr", "cola"), ("pseudo_kd", "mnli")])
 def test_a_method_on_a_task_through_train_py(setup, method, task):
     out = setup["root"] / f"{method}_{task}"
@@ -163,6 +169,8 @@ def test_a_method_on_a_task_through_train_py(setup, method, task):
 # -- the other task formats, in process (experiment.run, train.py's body) ----------------------
 
 
+@pytest.mark.xdist_group("text_presets")
+@pytest.mark.slow
 @pytest.mark.parametrize("task,method", [("sst2", "pseudo_kd"), ("mrpc", "ce"), ("qqp", "lsr"),
                                          ("qnli", "kd")])
 def test_every_task_format(setup, tmp_path, task, method):
@@ -183,6 +191,8 @@ def test_every_task_format(setup, tmp_path, task, method):
         assert set(results["glue"]["dev"]) >= {"accuracy", "f1"}
 
 
+@pytest.mark.xdist_group("text_presets")
+@pytest.mark.slow
 def test_a_text_run_in_bfloat16(setup, tmp_path):
     """--precision=mixed_bfloat16 (what auto picks where bfloat16 is native) on a KerasHub
     classifier with sentence pairs and KD from a teacher of another size: the run finishes
@@ -214,6 +224,8 @@ def test_a_text_run_in_bfloat16(setup, tmp_path):
     assert scores["nll"] == pytest.approx(nll, abs=2e-2)
 
 
+@pytest.mark.xdist_group("text_presets")
+@pytest.mark.slow
 def test_a_scratch_model_with_subsets_and_a_held_out_split(setup, tmp_path):
     """bert_tiny_scratch (vocabulary from the training texts), --train_examples and
     --validation_fraction on texts, --keep_best on the held-out split."""
@@ -231,6 +243,8 @@ def test_a_scratch_model_with_subsets_and_a_held_out_split(setup, tmp_path):
     check_results(setup, out, "sst2")
 
 
+@pytest.mark.xdist_group("text_presets")
+@pytest.mark.slow
 def test_a_killed_text_run_resumes_to_the_uninterrupted_result(setup, tmp_path, monkeypatch, capsys):
     """Killed right after epoch 1's checkpoint, run again: the same weights and metrics as a
     run never interrupted (the batches of epoch 2 are a function of the seed and the epoch)."""
@@ -300,6 +314,8 @@ def test_wrong_pairings_and_settings_name_the_flag(overrides, flag):
         ExperimentConfig(**overrides).resolved()
 
 
+@pytest.mark.xdist_group("text_presets")
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(setup, tmp_path):
     for args, expected in [
         (["--dataset=cifar10", "--model=bert_tiny_scratch"], "--model='bert_tiny_scratch'"),
@@ -315,6 +331,8 @@ def test_command_line_errors_are_one_line(setup, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("text_presets")
 def test_an_uncached_preset_offline_fails_at_once(setup, tmp_path, monkeypatch):
     """No internet here; with it, the check is made to fail as it would offline."""
     from keras_softkd import experiment
@@ -326,6 +344,8 @@ def test_an_uncached_preset_offline_fails_at_once(setup, tmp_path, monkeypatch):
                                         data_dir=str(setup["data"]), output_dir=str(tmp_path)))
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("text_presets")
 def test_report_and_grid_show_a_text_runs_headline(setup, teacher_run):
     """The image side's report reads a GLUE run (its test_* are on the dev set) and shows the
     task's headline first; the grid's one-line summary shows it too."""
