@@ -561,8 +561,8 @@ REPRODUCE = [
     `results.json` files into the tables (mean ± std over seeds of test error, NLL and ECE) and
     a plot of test error per epoch.
 
-    Here on a subset of CIFAR-10 small enough for a laptop CPU (a few minutes); the README
-    has the command for the longer CPU reproduction. The first cell holds the parameters
+    Here on a subset of CIFAR-10 small enough for a laptop CPU (a few minutes);
+    docs/results.md has the command for the longer CPU reproduction. The first cell holds the parameters
     (the test suite turns them down).
     """),
     parameters("""
@@ -637,7 +637,7 @@ REPRODUCE = [
     method, so two methods run with the same seed start alike. `report.differences` pairs them:
     each cell is a method's test error minus the baseline's on the same seed, mean ± std over the
     seeds. Whether pairing narrows the spread depends on the setting: the trajectories of two
-    methods still diverge, and in the README's 15-epoch reproduction the paired spread is no smaller.
+    methods still diverge, and in docs/results.md's 15-epoch reproduction the paired spread is no smaller.
     """),
     code("""
     display(Markdown(report.differences(runs, metric="test_error")))
@@ -675,8 +675,8 @@ REPRODUCE = [
 
     With a few hundred images and epochs per run, seeds differ by more than methods do: read
     the `± std` and the paired differences before the means. The papers' differences (fractions
-    of a point to two points of test error) need the full training set and schedule; the README
-    shows the longer reproduction on CPU, and the flagfiles in `flags/` hold every cell of the papers' tables
+    of a point to two points of test error) need the full training set and schedule;
+    docs/results.md shows the longer reproduction on CPU, and the flagfiles in `flags/` hold every cell of the papers' tables
     (`--flagfile=flags/w_table2/cifar10/resnet20_mrkd3.flags`).
     """),
 ]

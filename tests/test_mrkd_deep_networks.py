@@ -31,9 +31,14 @@ from keras_softkd import MrKDModel, data, losses, metrics, models
 from keras_softkd.data import py_dataset
 from keras_softkd.optimizers import PyTorchSGD
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="eager gradients via tf.GradientTape"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow", reason="eager gradients via tf.GradientTape"
+    ),
+    pytest.mark.slow,
+    # One worker runs them, one after the other: training ResNet-164's MrKD takes ~15 GB.
+    pytest.mark.xdist_group("deep_networks"),
+]
 
 DEEP = ["resnet56", "resnet110", "resnet164", "preresnet110", "preresnet164"]
 # Trained STEPS steps (minutes each on a CPU): the shallowest and the deepest of DEEP, basic and
@@ -71,6 +76,14 @@ def release_graphs():
     keras.backend.clear_session(free_memory=True)
 
 
+def in_batches(function, x, axis, size=64):
+    """``function(x)`` as NumPy, computed 64 images at a time and joined along ``axis``: an eager
+    call of a deep Functional model holds every layer's output until it returns (ResNet-164's
+    three copies on 256 images: 13 GB; on 64: a quarter)."""
+    parts = [keras.ops.convert_to_numpy(function(x[i : i + size])) for i in range(0, len(x), size)]
+    return np.concatenate(parts, axis=axis)
+
+
 def fresh(name, interval, **kwargs):
     keras.utils.set_random_seed(0)
     return MrKDModel(models.build(name, 10), copies=3, interval=interval, alpha=0.1,
@@ -103,7 +116,7 @@ def test_initial_weights_teach_one_class_and_the_first_step_is_cross_entropy(nam
     # The initial weights are a one-class teacher on real images (the reason for the decision).
     literal = fresh(name, interval=STEPS, initial_weights_teach=True)
     initial = metrics.teacher_summary(
-        keras.ops.convert_to_numpy(literal.teacher_logits(x_test))[0], TEMPERATURE
+        in_batches(literal.teacher_logits, x_test, axis=1)[0], TEMPERATURE
     )
     assert initial["classes_predicted"] <= 2 and initial["mean_top_probability"] > 0.95, initial
 
@@ -130,7 +143,7 @@ def test_the_first_refreshed_copy_teaches_a_spread_distribution(name, images):
     mrkd = fresh(name, interval=STEPS)
     # The initial weights in inference mode (what the literal reading's copies teach).
     initial = metrics.teacher_summary(
-        keras.ops.convert_to_numpy(mrkd.student(x_test, training=False)), TEMPERATURE
+        in_batches(lambda x: mrkd.student(x, training=False), x_test, axis=0), TEMPERATURE
     )
 
     # STEPS real training steps; the refresh before the last one makes copy 1 the student
@@ -140,7 +153,7 @@ def test_the_first_refreshed_copy_teaches_a_spread_distribution(name, images):
                        verbose=0).history
     assert int(keras.ops.convert_to_numpy(mrkd.teaching())) == 1
     np.testing.assert_allclose(history["teaching_copies"], [1 / STEPS], rtol=1e-6)
-    copy_logits = keras.ops.convert_to_numpy(mrkd.teacher_logits(x_test))[0].astype("float64")
+    copy_logits = in_batches(mrkd.teacher_logits, x_test, axis=1)[0].astype("float64")
     copy_1 = metrics.teacher_summary(copy_logits, TEMPERATURE)
     # A network of 95 steps is weak (its argmax may favour one or two classes), but what it
     # teaches is spread: finite, moderate logits, no image near certainty, and no class that
