@@ -59,11 +59,12 @@ def wanted(node_ids) -> bool:
     return any(node_id.startswith(SUITE_TEST) for node_id in node_ids)
 
 
-def start(node_ids) -> None:
-    """Starts each installed backend's run in the background, once per session."""
+def start(config, node_ids) -> None:
+    """Starts each installed backend's run in the background, once per session (not for
+    ``--collect-only``)."""
     import importlib.util
 
-    if _started or not wanted(node_ids):
+    if _started or config.option.collectonly or not wanted(node_ids):
         return
     where = folder(os.getpid())
     where.mkdir(parents=True, exist_ok=True)
@@ -83,9 +84,15 @@ def start(node_ids) -> None:
 
 
 def stop() -> None:
-    """Ends runs still going when the session ends (an interrupted or failed session)."""
+    """Ends runs still going when the session ends (an interrupted or failed session) and
+    removes their folder."""
+    import shutil
+
+    if not _started:
+        return
     for process in _started:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait()
     _started.clear()
+    shutil.rmtree(folder(os.getpid()), ignore_errors=True)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import backend_runs
+from conftest import TWO_HOST_DEVICES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT = 900  # seconds, for each backend's run (about 4 min for JAX, 2 for PyTorch, on 2 cores)
@@ -73,7 +74,7 @@ def test_experiment_runs_on_jax_without_tensorflow_on_one_and_two_devices(tmp_pa
         "KERAS_BACKEND": "jax",
         "CUDA_VISIBLE_DEVICES": "",
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": TWO_HOST_DEVICES,
     }
     # Any import of TensorFlow fails: the JAX path must not need it.
     runs = run_on_one_and_two_devices(tmp_path, 'sys.modules["tensorflow"] = None', env)
@@ -123,7 +124,7 @@ def test_experiment_on_two_jax_devices_with_sets_they_do_not_divide(tmp_path):
     script = tmp_path / "uneven.py"
     script.write_text(_UNEVEN_SCRIPT)
     env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": TWO_HOST_DEVICES}
     result = subprocess.run([sys.executable, str(script), str(data_dir), str(tmp_path / "out")],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

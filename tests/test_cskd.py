@@ -18,7 +18,7 @@ import pytest
 from keras import ops
 
 import keras
-from conftest import write_tiny_cifar
+from conftest import TWO_HOST_DEVICES, write_tiny_cifar
 from keras_softkd import CSKDModel, data, experiment
 from keras_softkd.config import ExperimentConfig
 from keras_softkd.data import py_dataset
@@ -518,7 +518,7 @@ def test_jax_data_parallel_over_two_devices_equals_one_device(tmp_path):
     script = tmp_path / "two_devices.py"
     script.write_text(_JAX_TWO_DEVICES)
     env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": TWO_HOST_DEVICES}
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                             cwd=pathlib.Path(__file__).resolve().parents[1], timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

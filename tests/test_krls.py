@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import sync, tensorflow_only, to_numpy
+from conftest import TWO_HOST_DEVICES, sync, tensorflow_only, to_numpy
 from stepwise import Stream, log_softmax, shuffled_batches, tf_stream
 import test_losses
 from keras_softkd import KRLSModel, data, losses
@@ -523,7 +523,7 @@ def test_jax_data_parallel_over_two_devices_equals_the_reference():
         pytest.skip("jax is not installed (pip install -e '.[backends]')")
     root = pathlib.Path(__file__).resolve().parents[1]
     env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": TWO_HOST_DEVICES}
     result = subprocess.run([sys.executable, "-c", _JAX_TWO_DEVICES], cwd=root, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

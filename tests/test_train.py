@@ -336,7 +336,7 @@ def test_offline_without_data_fails_fast_with_one_line_and_leaves_nothing(tmp_pa
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("train.py: error: --data_dir:")
-    for name in ("cifar10_train.npz", "cifar-10-python.tar.gz", "README.md"):
+    for name in ("cifar10_train.npz", "cifar-10-python.tar.gz", "docs/training.md"):
         assert name in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
