@@ -334,3 +334,29 @@ def test_real_tiny_grid_finishes_and_reports(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "Popen", no_process)
     assert grid.main(args) == 0
     assert "2 cells: 2 already done, 0 run, 0 failed." in capsys.readouterr().out
+
+
+def test_a_finished_grid_without_matplotlib_still_reports_and_succeeds(tmp_path, monkeypatch):
+    """matplotlib missing (the `plots` extra): the tables are printed and report.md written, one
+    line names the extra, no curves file, and the status is 0 (a SLURM job under set -e goes on)."""
+    import io
+    import shutil
+
+    from keras_softkd.grid import progress
+
+    root = tmp_path / "runs"
+    source = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    shutil.copytree(source / "reproduction_cifar10_resnet20_10k_15ep_issue17", root)
+    for written in ("report.md", "curves.png"):
+        (root / written).unlink(missing_ok=True)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # importing it fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    out = io.StringIO()
+    assert progress.write_report(root, out) == 0
+    text = out.getvalue()
+    assert "Top-1 test error" in text
+    assert "Top-1 test error" in (root / "report.md").read_text()
+    assert not (root / "curves.png").exists()
+    last = text.strip().splitlines()[-1]
+    assert "report.md" in last and "keras-softkd[plots]" in last, last
+    # With matplotlib the curves are written too: test_real_tiny_grid_finishes_and_reports.

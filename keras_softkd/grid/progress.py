@@ -93,7 +93,12 @@ def tail(path: pathlib.Path, lines: int) -> list[str]:
 
 
 def write_report(output_root, out=None) -> int:
-    """Tables and curves of every completed run under ``output_root``; 0 if written."""
+    """Tables and curves of every completed run under ``output_root``; 0 if the tables were written.
+
+    The curves are optional: without matplotlib (the ``plots`` extra) the tables are still
+    printed and written, one line names the extra, and the status stays 0, so a finished grid
+    never fails (under ``set -e`` in a SLURM job) for a missing plotting library.
+    """
     from keras_softkd import report
 
     out = out or sys.stdout
@@ -105,8 +110,15 @@ def write_report(output_root, out=None) -> int:
             return 1
         text = report.table_all(runs)
         _io.write_text_atomic(root / REPORT_FILE, text)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"Report failed: {error}", file=out)
+        return 1
+    try:
         report.plot_curves(runs, root / CURVES_FILE)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except ImportError as error:  # matplotlib missing: its message names the extra
+        print(f"\n{text}\nWrote {root / REPORT_FILE}; no curves: {error}", file=out)
+        return 0
+    except ValueError as error:  # e.g. a history.csv without val_accuracy
         print(f"Report failed: {error}", file=out)
         return 1
     print(f"\n{text}\nWrote {root / REPORT_FILE} and {root / CURVES_FILE}", file=out)
