@@ -17,6 +17,8 @@ import re
 
 import pytest
 
+import backend_runs
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 #: XLA (JAX, and TensorFlow's jit_compile) compiles the tests' many small functions without
@@ -51,7 +53,6 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 def pytest_collection_modifyitems(config, items):
     """The slow tests first, the backend suite's wait last, the rest between (stable order)."""
-    import backend_runs
 
     def rank(item):
         if item.nodeid.startswith(backend_runs.SUITE_TEST):
@@ -63,30 +64,21 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
     """Without xdist (or in ``-n 0``), this process starts the other backends' runs."""
-    import backend_runs
-
-    if not hasattr(session.config, "workerinput") and not _distributed(session.config):
+    controller = session.config.pluginmanager.has_plugin("dsession")  # xdist's, with workers
+    if not hasattr(session.config, "workerinput") and not controller:
         backend_runs.start(session.config, [item.nodeid for item in session.items])
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_node_collection_finished(node, ids):
     """Under xdist the controller starts them, once, when the first worker has collected."""
-    import backend_runs
-
     backend_runs.start(node.config, ids)
 
 
 def pytest_sessionfinish(session):
-    import backend_runs
-
     if not hasattr(session.config, "workerinput"):
         backend_runs.stop()
 
-
-def _distributed(config) -> bool:
-    """Whether this is an xdist controller with workers."""
-    return config.pluginmanager.has_plugin("dsession")
 
 #: TensorFlow's start-up chatter (C++ log lines written before its logging starts; issue 16).
 TF_STARTUP = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuInit|oneDNN|cuda drivers", re.M)

@@ -46,6 +46,9 @@ def all_blocks() -> list[tuple[str, int]]:
     return [(page, index) for page in PAGES for index in range(len(bash_blocks(page)))]
 
 
+BLOCKS = all_blocks()
+
+
 def skip_reason(page: str, block: str):
     """Why a block is not run here, or None."""
     if "jupyter lab" in block:
@@ -90,7 +93,7 @@ def test_the_blocks_are_found_and_use_the_environments_python(page):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page,index", all_blocks(), ids=[f"{p}:{i}" for p, i in all_blocks()])
+@pytest.mark.parametrize("page,index", BLOCKS, ids=[f"{p}:{i}" for p, i in BLOCKS])
 def test_block_runs_as_written(page, index, tmp_path):
     block = bash_blocks(page)[index]
     reason = skip_reason(page, block)

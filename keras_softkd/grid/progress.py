@@ -115,11 +115,11 @@ def write_report(output_root, out=None) -> int:
         return 1
     try:
         report.plot_curves(runs, root / CURVES_FILE)
+        wrote = f"{root / REPORT_FILE} and {root / CURVES_FILE}"
     except ImportError as error:  # matplotlib missing: its message names the extra
-        print(f"\n{text}\nWrote {root / REPORT_FILE}; no curves: {error}", file=out)
-        return 0
+        wrote = f"{root / REPORT_FILE}; no curves: {error}"
     except ValueError as error:  # e.g. a history.csv without val_accuracy
         print(f"Report failed: {error}", file=out)
         return 1
-    print(f"\n{text}\nWrote {root / REPORT_FILE} and {root / CURVES_FILE}", file=out)
+    print(f"\n{text}\nWrote {wrote}", file=out)
     return 0
