@@ -24,9 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+# Nothing above keras_softkd.experiment imports Keras or TensorFlow: flags and the
+# configuration are checked first, and a mistake is refused in about a second.
 from keras_softkd import methods  # noqa: E402
-from keras_softkd.losses import TF_REG_FORMS  # noqa: E402
-from keras_softkd.precision import AUTO, PRECISIONS, TEACHER_PRECISIONS  # noqa: E402
+from keras_softkd.choices import AUTO, PRECISIONS, TEACHER_PRECISIONS, TF_REG_FORMS  # noqa: E402
 from keras_softkd.config import (  # noqa: E402
     DATASETS,
     LR_SCHEDULES,
@@ -154,13 +155,17 @@ def config_from_flags() -> ExperimentConfig:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from keras_softkd import experiment
-
     try:
+        config = config_from_flags()
+        # Every check of the configuration runs before Keras is imported; a valid one
+        # then imports it to ask the hardware about --precision=auto.
+        resolved = config.resolved()
         if FLAGS.dry_run:
-            print(json.dumps(dataclasses.asdict(config_from_flags().resolved()), indent=2))
+            print(json.dumps(dataclasses.asdict(resolved), indent=2))
             return
-        results = experiment.run(config_from_flags())
+        from keras_softkd import experiment
+
+        results = experiment.run(config)
     except UsageError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -180,6 +185,17 @@ def main(argv):
     )
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a flag error as one line and exit status 2 (a usage error)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        message = " ".join(str(error).split())
+        print(f"train.py: error: {message} (python train.py --helpshort lists the flags)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def _help_requested(argv) -> bool:
     """absl answers --help with exit status 1; asked-for help is a success."""
     return any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull") for arg in argv[1:])
@@ -188,4 +204,4 @@ def _help_requested(argv) -> bool:
 if __name__ == "__main__":
     if _help_requested(sys.argv):
         app.usage(shorthelp="--helpfull" not in sys.argv, writeto_stdout=True, exitcode=0)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

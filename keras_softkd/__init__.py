@@ -24,29 +24,38 @@ imported on their own.
 
 __version__ = "0.1.0"
 
-from keras_softkd._quiet import quiet_startup  # noqa: E402
+import importlib
+from typing import Any
 
-quiet_startup()  # Keras (and TensorFlow) without TensorFlow's start-up lines
+from keras_softkd._quiet import quiet_tensorflow_imports
 
-from keras_softkd import losses, metrics, models, optimizers, teachers  # noqa: E402,F401
-from keras_softkd.distillation import Distiller, KDModel  # noqa: E402,F401
-from keras_softkd.memory_replay import MrKDModel  # noqa: E402,F401
-from keras_softkd.class_wise import CSKDModel  # noqa: E402,F401
-from keras_softkd.progressive import PSKDModel  # noqa: E402,F401
-from keras_softkd.beta_smoothing import BetaLSModel  # noqa: E402,F401
-from keras_softkd.knowledge_refinery import KRLSModel  # noqa: E402,F401
+quiet_tensorflow_imports()  # TensorFlow, when Keras loads it, without its start-up lines
 
-__all__ = [
-    "BetaLSModel",
-    "CSKDModel",
-    "Distiller",
-    "KDModel",
-    "KRLSModel",
-    "MrKDModel",
-    "PSKDModel",
-    "losses",
-    "metrics",
-    "models",
-    "optimizers",
-    "teachers",
-]
+# Loaded on first use (PEP 562), so that importing a light module (train.py's flags,
+# ``keras_softkd.config``) does not import Keras and TensorFlow.
+_SUBMODULES = ("losses", "metrics", "models", "optimizers", "teachers")
+_CLASSES = {
+    "BetaLSModel": "beta_smoothing",
+    "CSKDModel": "class_wise",
+    "Distiller": "distillation",
+    "KDModel": "distillation",
+    "KRLSModel": "knowledge_refinery",
+    "MrKDModel": "memory_replay",
+    "PSKDModel": "progressive",
+}
+
+__all__ = [*sorted(_CLASSES), *_SUBMODULES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _CLASSES:
+        value = getattr(importlib.import_module(f"{__name__}.{_CLASSES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -4,14 +4,21 @@ Importing TensorFlow 2.20+ writes C++ log lines to stderr before its logging is
 initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them (abseil-cpp#1718):
 ``oneDNN custom operations are on``, ``Could not find cuda drivers``, and on a
 machine without a GPU ``E0000 ... failed call to cuInit ... (303)`` at the first
-device query. :func:`quiet_startup` runs the import and that first query with
-file descriptor 2 sent to a temporary file; if they fail, what they wrote is
-shown with the error. ``KERAS_SOFTKD_TF_LOGS=1`` shows the lines again.
+device query. :func:`quiet_tensorflow_imports` makes TensorFlow's import, by
+whichever module asks for it first (Keras's TensorFlow backend, tf.data), run with
+that first query and file descriptor 2 sent to a temporary file; if they fail,
+what they wrote is shown with the error. ``KERAS_SOFTKD_TF_LOGS=1`` shows the
+lines again.
+
+``import keras_softkd`` installs it and imports nothing heavier, so ``train.py``
+checks its flags before TensorFlow loads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import os
 import sys
 import tempfile
@@ -44,30 +51,54 @@ def quiet_stderr() -> Iterator[None]:
         _restore(saved)
 
 
-def quiet_startup() -> None:
-    """Imports Keras (and TensorFlow, if it is Keras's backend) without the start-up lines.
+def quiet_tensorflow_imports() -> None:
+    """From now on, the first ``import tensorflow`` (by any module) runs without the start-up lines.
 
-    Does nothing where TensorFlow is already imported (its lines are out).
+    Does nothing where TensorFlow is already imported (its lines are out) or the
+    hook is in place.
     """
-    if "tensorflow" in sys.modules:
-        import keras  # noqa: F401
-
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietFinder) for f in sys.meta_path):
         return
-    with quiet_stderr():
-        import keras  # noqa: F401
-
-        if "tensorflow" in sys.modules:
-            _first_device_query()
+    sys.meta_path.insert(0, _QuietFinder())
 
 
 def quiet_tensorflow():
     """``import tensorflow`` (for tf.data under any backend) without the start-up lines."""
-    if "tensorflow" not in sys.modules:
-        with quiet_stderr():
-            import tensorflow  # noqa: F401
+    quiet_tensorflow_imports()
+    import tensorflow  # noqa: F401
 
-            _first_device_query()
     return sys.modules["tensorflow"]
+
+
+class _QuietFinder(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` as Python would, and gives it a loader that runs quietly."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once: the other finders answer from here on
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """``loader``, with the module's execution and the first device query under :func:`quiet_stderr`."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with quiet_stderr():
+            self.loader.exec_module(module)
+            _first_device_query()
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, ...
+        return getattr(self.loader, name)
 
 
 def _first_device_query() -> None:

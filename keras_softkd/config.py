@@ -39,9 +39,7 @@ from typing import Optional
 from keras_softkd import methods
 from keras_softkd.errors import UsageError
 from keras_softkd.data.glue import GLUE_TASKS
-from keras_softkd.losses import TF_REG_FORMS
-from keras_softkd.precision import AUTO, PRECISIONS, TEACHER_PRECISIONS
-from keras_softkd.precision import resolve as resolve_precision
+from keras_softkd.choices import AUTO, PRECISIONS, TEACHER_PRECISIONS, TF_REG_FORMS
 
 # Thin names derived from the method table (keras_softkd.methods), kept for their readers.
 METHODS = tuple(methods.names())
@@ -246,6 +244,8 @@ class ExperimentConfig:
         """``(precision, teacher_precision, why)``: ``auto`` resolved for this method and
         dataset by :func:`keras_softkd.precision.resolve` (the rule; the hardware is asked only
         where the answer matters); explicit values as they are, ``why`` ``"as given"``."""
+        from keras_softkd.precision import resolve as resolve_precision  # asks Keras's backend
+
         return resolve_precision(
             self.precision, self.teacher_precision,
             has_teachers=methods.get(self.method).teachers, text=is_text(self.dataset),

@@ -41,6 +41,7 @@ import keras
 from keras import ops
 
 from keras_softkd import _checks, teachers
+from keras_softkd.choices import TF_REG_FORMS
 
 __all__ = [
     "cross_entropy",
@@ -67,10 +68,6 @@ __all__ = [
     "BetaLSLoss",
     "KRLSLoss",
 ]
-
-#: TF-reg's two readings: what the reference code computes, and the paper's equation.
-TF_REG_FORMS = ("code", "paper")
-
 
 # --------------------------------------------------------------------------
 # Building blocks

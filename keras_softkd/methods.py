@@ -46,6 +46,10 @@ Spellings of one method:
   likewise ``mrkd-3_tc``) is accepted as an alias of ``mrkd3``;
 * **label** (the report): ``MrKD-3-TC``.
 
+The table imports no trainer, loss or Keras: a builder imports what it builds when a
+run calls it, so ``train.py`` and ``config`` read the table (names, defaults, checks)
+before TensorFlow loads.
+
 A new teacher-free loss needs its function and ``Loss`` class in
 ``losses.py``, one entry below (``build=with_loss(...)``) and its reference
 test in ``tests/test_losses.py``; ``tests/test_methods.py`` trains every entry
@@ -71,21 +75,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Union
 
-import keras
-
-from keras_softkd import losses
 from keras_softkd.data.glue import GLUE_TASKS
-from keras_softkd.beta_smoothing import BetaLSModel
-from keras_softkd.class_wise import CSKDModel
-from keras_softkd.distillation import KDModel
-from keras_softkd.knowledge_refinery import KRLSModel
-from keras_softkd.memory_replay import MrKDModel
-from keras_softkd.models.loading import load_teacher
-from keras_softkd.progressive import PSKDModel
 
 if TYPE_CHECKING:  # for the annotations only: config is above this module
+    import keras
+
     from keras_softkd.config import ExperimentConfig
 
 __all__ = [
@@ -198,7 +195,7 @@ class Setup:
     epochs: int = 0
 
 
-Builder = Callable[["ExperimentConfig", keras.Model, Setup], "tuple[keras.Model, dict]"]
+Builder = Callable[["ExperimentConfig", "keras.Model", Setup], "tuple[keras.Model, dict]"]
 
 _COPIES = re.compile(r"-\{copies\}")
 
@@ -265,20 +262,33 @@ class Method:
         return re.compile(f"^{re.escape(prefix)}-?(\\d+){re.escape(suffix)}$")
 
 
-def with_loss(make_loss: Callable[["ExperimentConfig"], keras.losses.Loss]) -> Builder:
+def with_loss(make_loss: Callable[["ExperimentConfig", ModuleType], "keras.losses.Loss"]) -> Builder:
     """A builder for a method that is a loss on the student's logits: the student is the trainer.
 
+    ``make_loss(config, losses)`` gets the run's config and the module
+    ``keras_softkd.losses``, imported when the run builds its trainer.
+
     Example:
-        >>> build = with_loss(lambda config: losses.LSRLoss(alpha=config.alpha))
+        >>> build = with_loss(lambda config, losses: losses.LSRLoss(alpha=config.alpha))
     """
 
-    def build(config: "ExperimentConfig", student: keras.Model, setup: Setup):
-        return student, {"loss": make_loss(config)}
+    def build(config: "ExperimentConfig", student: "keras.Model", setup: Setup):
+        from keras_softkd import losses
+
+        return student, {"loss": make_loss(config, losses)}
 
     return build
 
 
-def _memory_replay(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+def _cross_entropy(config: "ExperimentConfig", losses: ModuleType) -> "keras.losses.Loss":
+    import keras
+
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _memory_replay(config: "ExperimentConfig", student: "keras.Model", setup: Setup):
+    from keras_softkd.memory_replay import MrKDModel
+
     interval = config.interval_steps(setup.steps_per_epoch)
     average = {}
     if config.ema_horizon is not None:  # mrkd_ema, mrkd_ema_tc
@@ -295,13 +305,18 @@ def _memory_replay(config: "ExperimentConfig", student: keras.Model, setup: Setu
     return trainer, {}
 
 
-def _beta_smoothing(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+def _beta_smoothing(config: "ExperimentConfig", student: "keras.Model", setup: Setup):
+    from keras_softkd.beta_smoothing import BetaLSModel
+
     return BetaLSModel(
         student, alpha=config.alpha, beta=config.beta, lam=config.ema_decay, seed=config.seed
     ), {}
 
 
-def _distillation(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+def _distillation(config: "ExperimentConfig", student: "keras.Model", setup: Setup):
+    from keras_softkd.distillation import KDModel
+    from keras_softkd.models.loading import load_teacher
+
     teacher = load_teacher(config.teacher, setup.num_classes, config.sequence_length)
     trainer = KDModel(
         student, teacher=teacher, alpha=config.alpha, temperature=config.temperature,
@@ -310,11 +325,15 @@ def _distillation(config: "ExperimentConfig", student: keras.Model, setup: Setup
     return trainer, {}
 
 
-def _class_wise(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+def _class_wise(config: "ExperimentConfig", student: "keras.Model", setup: Setup):
+    from keras_softkd.class_wise import CSKDModel
+
     return CSKDModel(student, temperature=config.temperature, lam=config.lam), {}
 
 
-def _progressive(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+def _progressive(config: "ExperimentConfig", student: "keras.Model", setup: Setup):
+    from keras_softkd.progressive import PSKDModel
+
     trainer = PSKDModel(
         student, num_examples=setup.num_examples, alpha=config.alpha, epochs=setup.epochs,
         steps_per_epoch=setup.steps_per_epoch,
@@ -322,7 +341,9 @@ def _progressive(config: "ExperimentConfig", student: keras.Model, setup: Setup)
     return trainer, {}
 
 
-def _knowledge_refinery(config: "ExperimentConfig", student: keras.Model, setup: Setup):
+def _knowledge_refinery(config: "ExperimentConfig", student: "keras.Model", setup: Setup):
+    from keras_softkd.knowledge_refinery import KRLSModel
+
     return KRLSModel(student, alpha=config.alpha), {}
 
 
@@ -339,25 +360,25 @@ _TABLE: dict[str, Method] = {
     for method in (
         Method(
             "ce", "Baseline", "cross-entropy, the baseline", {},
-            with_loss(lambda c: keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+            with_loss(_cross_entropy),
             text=True,
         ),
         Method(
             "lsr", "LSR", "label smoothing: CE with targets (1-a) p + a u (W 5, 6)",
             {"alpha": 0.1},  # also P's LS on GLUE (section 4.2)
-            with_loss(lambda c: losses.LSRLoss(alpha=c.alpha)),
+            with_loss(lambda c, losses: losses.LSRLoss(alpha=c.alpha)),
             text=True,
         ),
         Method(
             "lsrkd", "LsrKD", "(1-a) CE + a t KL(u || q(t)), a uniform teacher (W 10)",
             {"alpha": 0.1, "temperature": 3.0},
-            with_loss(lambda c: losses.LsrKDLoss(alpha=c.alpha, temperature=c.temperature)),
+            with_loss(lambda c, losses: losses.LsrKDLoss(alpha=c.alpha, temperature=c.temperature)),
         ),
         Method(
             "lsrkd_tc", "LsrKD-TC",
             "lsrkd with Teacher Correction: the teacher gives the true class gamma (W 11, 12)",
             {"alpha": 0.1, "temperature": 3.0, "gamma": PerDataset(cifar100=0.025, other=0.25)},
-            with_loss(lambda c: losses.LsrKDLoss(alpha=c.alpha, temperature=c.temperature, gamma=c.gamma)),
+            with_loss(lambda c, losses: losses.LsrKDLoss(alpha=c.alpha, temperature=c.temperature, gamma=c.gamma)),
         ),
         Method(
             "mrkd", "MrKD-{copies}",
@@ -398,7 +419,7 @@ _TABLE: dict[str, Method] = {
             # P's Appendix C: CIFAR, and each GLUE task (its batch size and lr: flags/).
             {"alpha": OnGlue(image=0.2, glue=0.1),
              "beta": OnGlue(image=PerDataset(cifar100=1.5, other=2.5), glue=_PSEUDO_KD_GLUE_BETA)},
-            with_loss(lambda c: losses.PseudoKDLoss(alpha=c.alpha, beta=c.beta)),
+            with_loss(lambda c, losses: losses.PseudoKDLoss(alpha=c.alpha, beta=c.beta)),
             text=True,
         ),
         Method(
@@ -408,7 +429,7 @@ _TABLE: dict[str, Method] = {
             # on CIFAR-10 (docs/METHODS.md, TF-reg).
             {"alpha": 0.1, "temperature": 20.0, "multiplier": PerDataset(cifar100=100.0, other=10.0),
              "correct_probability": 0.99, "tf_reg_form": "code"},
-            with_loss(lambda c: losses.TFRegLoss(
+            with_loss(lambda c, losses: losses.TFRegLoss(
                 alpha=c.alpha, temperature=c.temperature, multiplier=c.multiplier,
                 correct_probability=c.correct_probability, form=c.tf_reg_form,
             )),

@@ -57,12 +57,8 @@ import functools
 import keras
 from keras import ops
 
-#: ``--precision``: Keras dtype policies of the whole training run.
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-#: ``--teacher_precision``: ``same`` (the student's), or ``bfloat16`` compute for the teachers.
-TEACHER_PRECISIONS = ("same", "bfloat16")
-#: The value of either flag that :func:`resolve` turns into one of the above.
-AUTO = "auto"
+from keras_softkd.choices import AUTO, PRECISIONS, TEACHER_PRECISIONS  # noqa: F401
+
 _TEACHER_POLICY = {"bfloat16": "mixed_bfloat16"}
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from keras_softkd import models
+from keras_softkd.models import resnet_cifar
 from keras_softkd.models._layers import (
     BatchNormalization,
     ChannelShuffle,
@@ -496,7 +497,7 @@ def test_bad_family_arguments():
     with pytest.raises(ValueError, match="shortcut"):
         models.build("resnet20", 10, shortcut="option_c")
     with pytest.raises(ValueError, match="depth"):
-        models.resnet_cifar.resnet(10, depth=21)
+        resnet_cifar.resnet(10, depth=21)
     with pytest.raises(ValueError, match="depth"):
         models.build("resnet20", 10, depth=32)
     with pytest.raises(ValueError, match="width_multiplier"):

@@ -18,7 +18,10 @@ The graph is read from the source with ``ast``, without importing anything:
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "keras_softkd"
@@ -216,3 +219,27 @@ def test_the_protocols_share_the_lifecycle_and_the_runners_share_the_cells():
         assert f"{PACKAGE}.{one}" not in reach(graph, f"{PACKAGE}.{other}"), (other, one)
     assert f"{PACKAGE}.experiment.lifecycle" in graph[f"{PACKAGE}.experiment.text"]
     assert f"{PACKAGE}.grid.cells" in graph[f"{PACKAGE}.grid.on_ray"]
+
+
+def test_the_flags_modules_import_no_keras_and_the_package_imports_tensorflow_quietly():
+    """train.py's flags and checks (config, the method table, the model and dataset names)
+    load without Keras; a trainer loads Keras (and TensorFlow) without TensorFlow's lines."""
+    from conftest import TF_STARTUP
+
+    code = (
+        "import sys\n"
+        "import keras_softkd.config, keras_softkd.methods, keras_softkd.models, keras_softkd.data\n"
+        "heavy = sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+        "keras_softkd.config.ExperimentConfig(method='mrkd', model='resnet56').resolved\n"
+        "import keras_softkd\n"
+        "print(keras_softkd.MrKDModel.__name__, 'tensorflow' in sys.modules)\n"
+    )
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_SOFTKD_TF_LOGS")}
+    env["KERAS_BACKEND"] = "tensorflow"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["MrKDModel", "True"], result.stdout
+    assert not TF_STARTUP.search(result.stderr), result.stderr[-3000:]

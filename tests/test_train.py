@@ -222,22 +222,49 @@ def test_learning_rate_schedules_reach_the_papers_values():
 # -- the command line (subprocesses: real exits) ------------------------------------------
 
 
+def error_lines(stderr: str, flag: str) -> list[str]:
+    """stderr's ``train.py: error`` lines, checked to be the only output, one, naming ``flag``."""
+    assert "Traceback" not in stderr, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error") and flag in lines[0], stderr
+    return lines
+
+
+@pytest.mark.slow
+def test_flag_and_configuration_errors_are_refused_before_tensorflow_loads(tmp_path):
+    """One line, exit 2, with Keras and TensorFlow unimportable: the checks come first."""
+    without_keras = (
+        "import runpy, sys\n"
+        "sys.modules['tensorflow'] = sys.modules['keras'] = None\n"
+        f"sys.argv = [{TRAIN!r}, *sys.argv[1:]]\n"
+        f"runpy.run_path({TRAIN!r}, run_name='__main__')\n"
+    )
+    for args, flag in [
+        (["--method=nonsense"], "--method"),  # absl's enum
+        (["--precision=bf16"], "--precision"),
+        (["--batch_size=12x"], "--batch_size"),  # absl's integer
+        (["--alpa=0.1"], "alpa"),  # an unknown flag (absl suggests --alpha)
+        (["--method=lsr", "--copies=2"], "--copies"),  # the configuration's checks
+        (["--model=resnet21"], "--model"),
+    ]:
+        result = subprocess.run([sys.executable, "-c", without_keras, *args], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        error_lines(result.stderr, flag)
+
+
 @pytest.mark.slow
 def test_command_line_errors_are_one_line_without_traceback(tmp_path):
     data_dir = write_tiny_cifar(tmp_path / "data")
     for args, flag in [
-        (["--method=lsr", "--copies=2"], "--copies"),
         (["--method=mrkd", f"--data_dir={tmp_path / 'nowhere'}"], "--data_dir"),
         (["--method=kd", f"--teacher={tmp_path / 'none.keras'}", f"--data_dir={data_dir}"], "--teacher"),
     ]:
         result = run_train(*args, f"--output_dir={tmp_path / 'out'}")
         assert result.returncode == 2, result.stderr[-2000:]
         assert "Traceback" not in result.stderr
-        error_lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: error")]
-        assert len(error_lines) == 1 and flag in error_lines[0], result.stderr[-2000:]
-    result = run_train("--method=nonsense")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "method" in result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: error")]
+        assert len(lines) == 1 and flag in lines[0], result.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -289,10 +316,9 @@ def test_precision_flags_in_a_dry_run_and_the_deprecated_mixed_precision():
     assert config["teacher_precision"] == "same"  # auto, beside a float16 student
     # auto, resolved in the dry run as a run resolves it (here: the CPU, run_train hides GPUs)
     native = cpu_native()
-    for default in ([], ["--precision=auto"]):
-        config, _ = resolved("--method=mrkd", *default)
-        assert (config["precision"], config["teacher_precision"]) == (
-            ("mixed_bfloat16", "same") if native else ("float32", "same"))
+    config, _ = resolved("--method=mrkd")  # --precision=auto, the default
+    assert (config["precision"], config["teacher_precision"]) == (
+        ("mixed_bfloat16", "same") if native else ("float32", "same"))
     config, _ = resolved("--method=mrkd", "--precision=float32")
     assert (config["precision"], config["teacher_precision"]) == (
         "float32", "bfloat16" if native else "same")
@@ -300,12 +326,10 @@ def test_precision_flags_in_a_dry_run_and_the_deprecated_mixed_precision():
     assert config["teacher_precision"] == "same"  # auto never fails where no teacher runs
     for flag in ("--precision=bfloat16", "--teacher_precision=float16"):
         result = run_train("--dry_run", flag)
-        assert result.returncode != 0 and "Traceback" not in result.stderr
-        assert "auto" in result.stderr and flag.split("=")[0] in result.stderr, result.stderr
+        assert result.returncode == 2 and "auto" in error_lines(result.stderr, flag.split("=")[0])[0]
     result = run_train("--dry_run", "--mixed_precision", "--precision=mixed_bfloat16")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: error")]
-    assert len(error_lines) == 1 and "--precision" in error_lines[0], result.stderr[-2000:]
+    assert result.returncode == 2
+    error_lines(result.stderr, "--precision")
 
 
 @pytest.mark.slow

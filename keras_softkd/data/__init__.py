@@ -34,13 +34,18 @@ import importlib
 from keras_softkd.data import glue
 from keras_softkd.data.glue import GLUE_TASKS, GlueTask
 from keras_softkd.data.info import DATASETS, DatasetInfo
-from keras_softkd.data.inputs import TRAINING_INPUTS, evaluation_input, training_input
-from keras_softkd.data.py_dataset import EvalPyDataset, TrainPairsPyDataset, TrainPyDataset
 from keras_softkd.data.sources import SPLITS, load
 from keras_softkd.data.splits import split_validation, take_subset
 
-# name -> module, imported on first use (the tf.data pipeline imports TensorFlow).
+# name -> module, imported on first use (the pipelines import Keras or TensorFlow; the
+# modules above import neither, so config checks a dataset's name without them).
 _LAZY = {
+    "TRAINING_INPUTS": "inputs",
+    "evaluation_input": "inputs",
+    "training_input": "inputs",
+    "EvalPyDataset": "py_dataset",
+    "TrainPairsPyDataset": "py_dataset",
+    "TrainPyDataset": "py_dataset",
     "augment_batch": "pipeline",
     "epoch_batches": "pipeline",
     "eval_dataset": "pipeline",

@@ -57,41 +57,34 @@ True
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
-from keras_softkd.models import (
-    mobilenetv2,
-    resnet_cifar,
-    resnet_imagenet_style,
-    resnext,
-    shufflenetv2,
-    wide_resnet,
-)
+if TYPE_CHECKING:
+    import keras
 
-_partial = functools.partial
-
-_REGISTRY: dict[str, Callable[..., keras.Model]] = {
-    "resnet20": _partial(resnet_cifar.resnet, depth=20),
-    "resnet32": _partial(resnet_cifar.resnet, depth=32),
-    "resnet44": _partial(resnet_cifar.resnet, depth=44),
-    "resnet56": _partial(resnet_cifar.resnet, depth=56),
-    "resnet110": _partial(resnet_cifar.resnet, depth=110),
-    "resnet164": _partial(resnet_cifar.resnet, depth=164, block="bottleneck"),
-    "preresnet110": _partial(resnet_cifar.preresnet, depth=110),
-    "preresnet164": _partial(resnet_cifar.preresnet, depth=164, block="bottleneck"),
-    "wrn16_8": _partial(wide_resnet.wide_resnet, depth=16, width=8),
-    "wrn28_10": _partial(wide_resnet.wide_resnet, depth=28, width=10),
-    "wrn40_4": _partial(wide_resnet.wide_resnet, depth=40, width=4),
-    "resnext29_8x64d": _partial(resnext.resnext, depth=29, cardinality=8, base_width=64),
-    "mobilenetv2": mobilenetv2.mobilenetv2,
-    "shufflenetv2": shufflenetv2.shufflenetv2,
-    "resnet18": _partial(resnet_imagenet_style.resnet, depth=18),
-    "resnet50": _partial(resnet_imagenet_style.resnet, depth=50),
-    "resnet101": _partial(resnet_imagenet_style.resnet, depth=101),
+# name -> (module, function, the keyword arguments the name fixes). The family's module
+# (and Keras) is imported when a network is built, so the names are known without them.
+_REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "resnet20": ("resnet_cifar", "resnet", {"depth": 20}),
+    "resnet32": ("resnet_cifar", "resnet", {"depth": 32}),
+    "resnet44": ("resnet_cifar", "resnet", {"depth": 44}),
+    "resnet56": ("resnet_cifar", "resnet", {"depth": 56}),
+    "resnet110": ("resnet_cifar", "resnet", {"depth": 110}),
+    "resnet164": ("resnet_cifar", "resnet", {"depth": 164, "block": "bottleneck"}),
+    "preresnet110": ("resnet_cifar", "preresnet", {"depth": 110}),
+    "preresnet164": ("resnet_cifar", "preresnet", {"depth": 164, "block": "bottleneck"}),
+    "wrn16_8": ("wide_resnet", "wide_resnet", {"depth": 16, "width": 8}),
+    "wrn28_10": ("wide_resnet", "wide_resnet", {"depth": 28, "width": 10}),
+    "wrn40_4": ("wide_resnet", "wide_resnet", {"depth": 40, "width": 4}),
+    "resnext29_8x64d": ("resnext", "resnext", {"depth": 29, "cardinality": 8, "base_width": 64}),
+    "mobilenetv2": ("mobilenetv2", "mobilenetv2", {}),
+    "shufflenetv2": ("shufflenetv2", "shufflenetv2", {}),
+    "resnet18": ("resnet_imagenet_style", "resnet", {"depth": 18}),
+    "resnet50": ("resnet_imagenet_style", "resnet", {"depth": 50}),
+    "resnet101": ("resnet_imagenet_style", "resnet", {"depth": 101}),
 }
 
 
@@ -100,7 +93,7 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
-def build(name: str, num_classes: int, **kwargs) -> keras.Model:
+def build(name: str, num_classes: int, **kwargs) -> "keras.Model":
     """Builds the CIFAR network ``name`` with ``num_classes`` logits.
 
     Args:
@@ -124,11 +117,12 @@ def build(name: str, num_classes: int, **kwargs) -> keras.Model:
         or num_classes < 2
     ):
         raise ValueError(f"`num_classes` must be an integer >= 2; got num_classes={num_classes!r}.")
-    builder = _REGISTRY[name]
-    fixed = sorted(set(kwargs) & set(getattr(builder, "keywords", {})))
+    module, function, fixed_arguments = _REGISTRY[name]
+    fixed = sorted(set(kwargs) & set(fixed_arguments))
     if fixed:
         raise ValueError(f"{name!r} fixes {', '.join(fixed)}; pick another name instead.")
-    return builder(int(num_classes), name=name, **kwargs)
+    family = getattr(importlib.import_module(f"{__name__}.{module}"), function)
+    return family(int(num_classes), name=name, **fixed_arguments, **kwargs)
 
 
 __all__ = ["build", "names"]
