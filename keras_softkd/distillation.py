@@ -47,7 +47,7 @@ from keras import ops
 
 from keras_softkd import _checks, losses
 from keras_softkd.losses import KDLoss
-from keras_softkd.precision import TeacherNetwork
+from keras_softkd.teacher_network import TeacherNetwork
 from keras_softkd.preprocessing import (
     RawInputs,
     has_preprocessor,
@@ -233,7 +233,7 @@ class KDModel(Distiller):
     architecture with the student's number of classes.
 
     ``teacher_precision="bfloat16"`` runs the teacher's weights through a bfloat16
-    clone of its layers (:class:`keras_softkd.precision.TeacherNetwork`; float32
+    clone of its layers (:class:`keras_softkd.teacher_network.TeacherNetwork`; float32
     logits); ``"same"`` (default) calls the teacher as it is.
 
     Example:

@@ -57,7 +57,7 @@ from keras import ops
 
 from keras_softkd import _checks, past_weights
 from keras_softkd.distillation import Distiller
-from keras_softkd.precision import TeacherNetwork
+from keras_softkd.teacher_network import TeacherNetwork
 from keras_softkd.past_weights import step_counter  # noqa: F401  (kept importable from here)
 
 MRKD_DEFAULTS = {"alpha": 0.1, "temperature": 3.0, "copies": 3}
@@ -102,7 +102,7 @@ class MrKDModel(Distiller):
             ``interval``: at the copies' pace).
         teacher_precision: ``"same"`` (default: the copies and the average run in the
             student's precision) or ``"bfloat16"`` (they run through a bfloat16 clone of the
-            student's layers, :class:`keras_softkd.precision.TeacherNetwork`; float32 logits).
+            student's layers, :class:`keras_softkd.teacher_network.TeacherNetwork`; float32 logits).
 
     Example:
         >>> import keras, numpy as np

@@ -9,7 +9,7 @@ weights. It is part of the wrapper's weights, so checkpoints,
 weights, without gradients, in inference mode (BatchNorm normalises with the
 memory's moving statistics) or, where a method's reference does so, in
 training mode (BatchNorm normalises with the batch's statistics). With a
-bfloat16 :class:`keras_softkd.precision.TeacherNetwork` the same weights run
+bfloat16 :class:`keras_softkd.teacher_network.TeacherNetwork` the same weights run
 through a bfloat16 clone of the student's layers (``--teacher_precision``).
 
 Memories change only through **updates** at the start of a training step
@@ -55,7 +55,7 @@ from keras import ops
 
 from keras_softkd import _checks
 from keras_softkd._replicas import run_once_across_replicas
-from keras_softkd.precision import TeacherNetwork
+from keras_softkd.teacher_network import TeacherNetwork
 
 
 def _counter_dtype() -> str:
@@ -93,7 +93,7 @@ class Memory:
         owner: the wrapping model (the variables are its weights).
         student: the built student.
         name: the variables are ``{name}_{position}``.
-        network: the :class:`~keras_softkd.precision.TeacherNetwork` the memory's weights run
+        network: the :class:`~keras_softkd.teacher_network.TeacherNetwork` the memory's weights run
             through (default: the student's own layers, in the student's precision); memories
             of one wrapper share one.
 

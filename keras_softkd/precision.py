@@ -9,15 +9,8 @@ exponent range). The networks' logits are float32 under every policy (their
 
 **Teachers** that run without gradients -- MrKD's memory copies and weight
 average, KD's fixed teacher -- can run in bfloat16 while the student trains
-in float32 (``--teacher_precision=bfloat16``): :class:`TeacherNetwork` runs a
-network's layers on given weights, either the network itself (``same``: the
-teacher runs in the student's precision) or a clone of its architecture under
-the ``mixed_bfloat16`` policy, through ``stateless_call`` with the teacher's
-float32 variables (the clone's layers cast them to bfloat16 as they compute;
-the clone's own variables are never read). Its logits are cast to float32
-before any loss sees them. The clone is held outside Keras's tracking, so the
-wrapper's weights, checkpoints and ``.keras`` files are those of
-``--teacher_precision=same``.
+in float32 (``--teacher_precision=bfloat16``), through
+:class:`keras_softkd.teacher_network.TeacherNetwork`.
 
 **Defaults** (``auto``, :func:`resolve`): both flags default to ``auto``. ``--precision=auto``
 is ``mixed_bfloat16`` where the hardware computes bfloat16 natively (:func:`native_bfloat16`),
@@ -32,34 +25,24 @@ seeds (-0.18, +0.22, -0.01 points). A run resolves ``auto`` once, at its start
 (``ExperimentConfig.resolved``), records the resolved values and the reason in
 ``results.json``, and a resumed run keeps the values it started with (``experiment.start``).
 
-Beta-LS's weight average is left out: it runs in training mode (batch
-statistics) and its confidences *rank* the batch's examples, where bfloat16's
-coarser values would tie and reorder them; it stays in the student's precision.
-
-The weights cannot simply be cast to bfloat16 and passed to the network's own
-``stateless_call``: Keras casts the values of a stateless call back to each
-variable's dtype (float32), and the layers would then compute in float32.
+This module imports no Keras: ``config`` resolves ``auto`` with it, and on a Linux
+machine without GPU or TPU device files the hardware's answer comes from the CPU's
+flags alone, so ``train.py --dry_run`` needs no TensorFlow there.
 
 Example:
-    >>> import keras, numpy as np
-    >>> network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> teacher = TeacherNetwork(network, "bfloat16")
-    >>> logits = teacher.logits(network.trainable_variables, network.non_trainable_variables,
-    ...                         np.ones((2, 4), "float32"))
-    >>> keras.backend.standardize_dtype(logits.dtype)
-    'float32'
+    >>> resolve("auto", "auto", has_teachers=True, text=False, native=(False, "CPU without bf16"))
+    ('float32', 'same', 'precision=auto: float32, not native: CPU without bf16; teacher_precision=auto: same, not native: CPU without bf16')
 """
+
 
 from __future__ import annotations
 
 import functools
-
-import keras
-from keras import ops
+import glob
+import sys
 
 from keras_softkd.choices import AUTO, PRECISIONS, TEACHER_PRECISIONS  # noqa: F401
 
-_TEACHER_POLICY = {"bfloat16": "mixed_bfloat16"}
 
 
 def resolve(precision: str, teacher_precision: str, has_teachers: bool, text: bool,
@@ -140,16 +123,21 @@ def native_bfloat16() -> tuple[bool, str]:
     * else the CPU, from Linux's ``/proc/cpuinfo`` flags: x86 ``avx512_bf16``
       or ``amx_bf16``, Arm ``bf16``; no file (not Linux): no.
 
-    What ``auto`` of ``--precision`` and ``--teacher_precision`` asks (:func:`resolve`);
-    asked once per process (the answer is kept).
+    The backend is asked (and imported) only where a GPU or TPU could be there: on Linux,
+    where ``/dev`` has an NVIDIA, AMD (``kfd``) or TPU (``accel``, ``vfio``) device file;
+    elsewhere always. What ``auto`` of ``--precision`` and ``--teacher_precision`` asks
+    (:func:`resolve`); asked once per process (the answer is kept).
     """
-    backend = keras.backend.backend()
-    try:
-        accelerator = _accelerator(backend)
-    except Exception as error:  # a backend that cannot say: fall back to the CPU
-        accelerator = None, f"the {backend} backend did not report its devices ({error})"
-    if accelerator[0] is not None:
-        return accelerator
+    if accelerator_possible():
+        import keras
+
+        backend = keras.backend.backend()
+        try:
+            accelerator = _accelerator(backend)
+        except Exception as error:  # a backend that cannot say: fall back to the CPU
+            accelerator = None, f"the {backend} backend did not report its devices ({error})"
+        if accelerator[0] is not None:
+            return accelerator
     try:
         with open("/proc/cpuinfo") as file:
             text = file.read()
@@ -159,6 +147,19 @@ def native_bfloat16() -> tuple[bool, str]:
     if flags:
         return True, f"CPU with {', '.join(flags)}"
     return False, "CPU without avx512_bf16, amx_bf16 or bf16"
+
+
+#: Device files of the accelerators a Keras backend can train on (Linux): NVIDIA, AMD ROCm, TPU.
+ACCELERATOR_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/nvidiactl", "/dev/kfd", "/dev/accel[0-9]*",
+                            "/dev/vfio/[0-9]*")
+
+
+def accelerator_possible() -> bool:
+    """False on Linux where ``/dev`` has none of :data:`ACCELERATOR_DEVICE_FILES` (no backend
+    can see a GPU or TPU there); True elsewhere (the backend must be asked)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(glob.glob(pattern) for pattern in ACCELERATOR_DEVICE_FILES)
 
 
 def cpu_bfloat16_flags(cpuinfo: str) -> list[str]:
@@ -221,56 +222,3 @@ def check_teacher_precision(value: str) -> str:
     return value
 
 
-class TeacherNetwork:
-    """Runs ``network``'s layers on given weights, in inference or training mode, at ``precision``.
-
-    Not a Keras layer on purpose: the bfloat16 clone is not tracked by the model
-    that holds this object (its variables are not the teacher's).
-
-    Args:
-        network: a built functional or ``Sequential`` model.
-        precision: ``"same"`` (``network`` itself) or ``"bfloat16"`` (a clone of its
-            architecture whose every layer has the ``mixed_bfloat16`` policy).
-    """
-
-    def __init__(self, network: keras.Model, precision: str = "same"):
-        self.precision = check_teacher_precision(precision)
-        self.network = network if precision == "same" else _clone(network, _TEACHER_POLICY[precision])
-
-    def logits(self, trainable, non_trainable, inputs, training: bool = False):
-        """The network with these weights (variables or values, in the order of ``network``'s
-        ``trainable_variables`` and ``non_trainable_variables``) on ``inputs``: float32 logits;
-        no state is written."""
-        logits, _ = self.network.stateless_call(
-            list(trainable), list(non_trainable), inputs, training=training
-        )
-        return ops.cast(logits, "float32")
-
-
-def _clone(network: keras.Model, policy: str) -> keras.Model:
-    """``network``'s architecture with every layer under ``policy`` (its variables unused)."""
-
-    def with_policy(layer):
-        config = layer.get_config()
-        config["dtype"] = keras.DTypePolicy(policy)
-        return layer.__class__.from_config(config)
-
-    try:
-        clone = keras.models.clone_model(network, clone_function=with_policy)
-    except ValueError as error:  # a subclassed model cannot be cloned layer by layer
-        raise ValueError(
-            f"A bfloat16 teacher needs a functional or Sequential network; {network.name!r} "
-            f"cannot be cloned layer by layer ({error}). Use teacher_precision='same' "
-            "(train.py: --teacher_precision=same)."
-        ) from None
-    pairs = [
-        (clone.trainable_variables, network.trainable_variables),
-        (clone.non_trainable_variables, network.non_trainable_variables),
-    ]
-    for mine, theirs in pairs:
-        if [tuple(v.shape) for v in mine] != [tuple(v.shape) for v in theirs]:
-            raise ValueError(
-                f"The bfloat16 clone of {network.name!r} does not hold the network's variables "
-                "in the network's order; use teacher_precision='same'."
-            )
-    return clone

@@ -17,7 +17,7 @@ from keras_softkd.models._layers import (
     Layers,
     ZeroPadShortcut,
 )
-from keras_softkd.precision import TeacherNetwork
+from keras_softkd.teacher_network import TeacherNetwork
 
 NAMES = [
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet164",

@@ -85,8 +85,11 @@ def in_batches(function, x, axis, size=64):
 
 
 def fresh(name, interval, **kwargs):
+    """One memory copy: what a copy teaches does not depend on how many there are (the
+    mechanism with several copies is tested on every backend in test_memory_replay.py), and
+    each copy is a forward pass of the deep network in every traced step."""
     keras.utils.set_random_seed(0)
-    return MrKDModel(models.build(name, 10), copies=3, interval=interval, alpha=0.1,
+    return MrKDModel(models.build(name, 10), copies=1, interval=interval, alpha=0.1,
                      temperature=TEMPERATURE, **kwargs)
 
 

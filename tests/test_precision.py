@@ -28,6 +28,8 @@ import json
 import os
 import pathlib
 
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -38,7 +40,8 @@ from keras_softkd.config import ExperimentConfig, UsageError, is_text
 from keras_softkd.distillation import KDModel
 from keras_softkd.memory_replay import MrKDModel
 from keras_softkd import precision
-from keras_softkd.precision import PRECISIONS, TeacherNetwork
+from keras_softkd.precision import PRECISIONS
+from keras_softkd.teacher_network import TeacherNetwork
 
 NUM_CLASSES = 10
 LOGIT_SPREAD = 0.2  # max |z_bf16 - z_f32| / std(z_f32)
@@ -386,11 +389,37 @@ def test_native_bfloat16_answers_with_a_reason():
         "avx512_bf16", "amx_bf16"]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="device files of Linux")
+def test_the_backend_is_asked_only_where_an_accelerator_device_file_exists(monkeypatch):
+    """No GPU or TPU device file: the CPU's flags answer, and Keras's backend is not asked."""
+    asked = []
+
+    def accelerator(backend):
+        asked.append(backend)
+        return None, ""
+
+    monkeypatch.setattr(precision, "_accelerator", accelerator)
+    for files, want_asked in (([], False), (["/dev/nvidia0"], True)):
+        monkeypatch.setattr(precision.glob, "glob",
+                            lambda pattern, files=files: [f for f in files if pattern.startswith(f[:8])])
+        precision.native_bfloat16.cache_clear()
+        try:
+            native, why = precision.native_bfloat16()
+        finally:
+            precision.native_bfloat16.cache_clear()
+        assert precision.accelerator_possible() is want_asked
+        assert bool(asked) is want_asked and why.startswith(("CPU", "no GPU")), (asked, why)
+        asked.clear()
+
+
 def test_docstring_examples_run():
     import doctest
 
-    result = doctest.testmod(precision, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0
+    from keras_softkd import teacher_network
+
+    for module in (precision, teacher_network):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 # -- auto: the defaults where the hardware computes bfloat16 natively (precision.resolve) ----
