@@ -42,6 +42,13 @@ def non_negative_int(name: str, value: int) -> int:
     return int(value)
 
 
+def boolean(name: str, value: bool) -> bool:
+    """Raises ``ValueError`` unless ``value`` is ``True`` or ``False``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False; got {name}={value!r}.")
+    return bool(value)
+
+
 def _is_real(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
         value, bool

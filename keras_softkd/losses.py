@@ -30,6 +30,11 @@ method         per-example loss                                             equa
 
 Labels may be integers, shape ``(batch,)`` or ``(batch, 1)``, or one-hot,
 shape ``(batch, K)``.
+
+The ``Loss`` classes take ``from_logits`` (default ``True``); with
+``from_logits=False`` ``y_pred`` are probabilities (a model ending in a
+softmax), turned into log-probabilities, which are logits of the same
+distribution. A softmax's output given as logits warns.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import Optional
 import keras
 from keras import ops
 
-from keras_softkd import _checks, teachers
+from keras_softkd import _checks, _outputs, teachers
 from keras_softkd.choices import TF_REG_FORMS
 
 __all__ = [
@@ -657,8 +662,50 @@ def _check_rows(rows, logits) -> None:
 # --------------------------------------------------------------------------
 
 
+class _OutputLoss(keras.losses.Loss):
+    """A loss on the model's logits or, with ``from_logits=False``, on its probabilities.
+
+    ``from_logits=True`` (the default): ``y_pred`` are logits. If ``y_pred``
+    is a softmax's output (Keras keeps its logits on it: TensorFlow, eager and
+    in ``model.fit``, and PyTorch; not JAX), the loss warns once, naming the
+    two fixes, and computes what it was told to.
+
+    ``from_logits=False``: ``y_pred`` are probabilities. The softmax's own
+    logits are used where Keras kept them; otherwise ``log(clip(p, 1e-7, 1))``
+    (log-probabilities are logits of the same distribution, so every formula
+    applies unchanged; an exact 0 gives a finite value and gradient). Teacher
+    logits in ``y_true`` are logits either way.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from keras_softkd.losses import LSRLoss
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        >>> model.compile(optimizer="sgd", loss=LSRLoss(alpha=0.1, from_logits=False))
+        >>> p = np.array([[0.8, 0.2]])
+        >>> round(float(LSRLoss(alpha=0.1, from_logits=False)(np.array([0]), p)), 4)
+        0.2925
+    """
+
+    def __init__(self, from_logits: bool, name: str, reduction, dtype):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = _checks.boolean("from_logits", from_logits)
+        self._warned = False
+
+    def _logits(self, y_pred):
+        """``y_pred`` as logits (see the class); warns once about a softmax given as logits."""
+        if not self.from_logits:
+            return _outputs.probabilities_as_logits(y_pred)
+        if not self._warned and _outputs.softmax_logits(y_pred) is not None:
+            self._warned = True
+            _outputs.warn_softmax_given_as_logits(type(self).__name__)
+        return y_pred
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits}
+
+
 @keras.saving.register_keras_serializable(package="keras_softkd")
-class BetaLSLoss(keras.losses.Loss):
+class BetaLSLoss(_OutputLoss):
     """Beta-LS (:func:`beta_ls`): ``y_true = {"labels", "teacher_logits", "draws"}`` (and ``"ranks"``).
 
     :class:`keras_softkd.BetaLSModel` calls it with its weight-averaged
@@ -673,8 +720,9 @@ class BetaLSLoss(keras.losses.Loss):
         0.4795
     """
 
-    def __init__(self, alpha: float = 0.6, reduction="sum_over_batch_size", name="beta_ls", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+    def __init__(self, alpha: float = 0.6, from_logits: bool = True,
+                 reduction="sum_over_batch_size", name="beta_ls", dtype=None):
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
         self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
 
     def call(self, y_true, y_pred):
@@ -685,8 +733,8 @@ class BetaLSLoss(keras.losses.Loss):
                 f"(and optionally 'ranks'); got {sorted(keys) or type(y_true).__name__}."
             )
         return beta_ls(
-            y_true["labels"], y_pred, y_true["teacher_logits"], y_true["draws"], self.alpha,
-            y_true.get("ranks"),
+            y_true["labels"], self._logits(y_pred), y_true["teacher_logits"], y_true["draws"],
+            self.alpha, y_true.get("ranks"),
         )
 
     def get_config(self):
@@ -694,7 +742,7 @@ class BetaLSLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")
-class LSRLoss(keras.losses.Loss):
+class LSRLoss(_OutputLoss):
     """Label smoothing regularization (W 5, 6): ``CE((1-a) p + a u, softmax(z))``.
 
     Example:
@@ -705,19 +753,20 @@ class LSRLoss(keras.losses.Loss):
         0.2269
     """
 
-    def __init__(self, alpha: float = 0.1, reduction="sum_over_batch_size", name="lsr", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+    def __init__(self, alpha: float = 0.1, from_logits: bool = True,
+                 reduction="sum_over_batch_size", name="lsr", dtype=None):
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
         self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
 
     def call(self, y_true, y_pred):
-        return lsr(y_true, y_pred, self.alpha)
+        return lsr(y_true, self._logits(y_pred), self.alpha)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha}
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")
-class LsrKDLoss(keras.losses.Loss):
+class LsrKDLoss(_OutputLoss):
     """LsrKD (W 10), or LsrKD-TC (W 12) when ``gamma`` is given.
 
     ``(1-a) CE(p, q(1)) + a t KL(u || q(t))``, ``u`` uniform or, with
@@ -737,11 +786,12 @@ class LsrKDLoss(keras.losses.Loss):
         temperature: float = 3.0,
         gamma: Optional[float] = None,
         temperature_power: float = 1.0,
+        from_logits: bool = True,
         reduction="sum_over_batch_size",
         name="lsrkd",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
         self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
         self.temperature = _checks.positive("temperature", temperature)
         self.gamma = None if gamma is None else _checks.in_closed_range("gamma", gamma, 0.0, 1.0)
@@ -749,7 +799,8 @@ class LsrKDLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         return lsrkd(
-            y_true, y_pred, self.alpha, self.temperature, self.gamma, self.temperature_power
+            y_true, self._logits(y_pred), self.alpha, self.temperature, self.gamma,
+            self.temperature_power,
         )
 
     def get_config(self):
@@ -763,7 +814,7 @@ class LsrKDLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")
-class KDLoss(keras.losses.Loss):
+class KDLoss(_OutputLoss):
     """Distillation from teacher logits (Hinton, W 4), with optional TC (W 16).
 
     ``(1-a) CE(p, q(1)) + a t^power (1/n) sum_i KL(qT_i(t) || q(t))``.
@@ -793,11 +844,12 @@ class KDLoss(keras.losses.Loss):
         temperature: float = 4.0,
         gamma: Optional[float] = None,
         temperature_power: Optional[float] = None,
+        from_logits: bool = True,
         reduction="sum_over_batch_size",
         name="kd",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
         self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
         self.temperature = _checks.positive("temperature", temperature)
         self.gamma = None if gamma is None else _checks.in_closed_range("gamma", gamma, 0.0, 1.0)
@@ -812,7 +864,7 @@ class KDLoss(keras.losses.Loss):
             )
         return kd(
             y_true["labels"],
-            y_pred,
+            self._logits(y_pred),
             y_true["teacher_logits"],
             self.alpha,
             self.temperature,
@@ -832,7 +884,7 @@ class KDLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")
-class PseudoKDLoss(keras.losses.Loss):
+class PseudoKDLoss(_OutputLoss):
     """Pseudo-KD (P 12, 13): ``CE((1-a) p + a P*, q(1)) + b KL(P* || U)``.
 
     ``P* = stop_gradient(softmax(z * a / b))``, the student's own prediction
@@ -850,23 +902,24 @@ class PseudoKDLoss(keras.losses.Loss):
         self,
         alpha: float = 0.2,
         beta: float = 1.5,
+        from_logits: bool = True,
         reduction="sum_over_batch_size",
         name="pseudo_kd",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
         self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
         self.beta = _checks.positive("beta", beta)
 
     def call(self, y_true, y_pred):
-        return pseudo_kd(y_true, y_pred, self.alpha, self.beta)
+        return pseudo_kd(y_true, self._logits(y_pred), self.alpha, self.beta)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "beta": self.beta}
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")
-class TFRegLoss(keras.losses.Loss):
+class TFRegLoss(_OutputLoss):
     """TF-reg (Yuan et al. 2020): KD from the hand-made teacher; see :func:`tf_reg`.
 
     ``form="code"``: ``(1-a) CE(p, q(1)) + a (m/K) KL(softmax(p^d/t) || q(1))``, the
@@ -888,11 +941,12 @@ class TFRegLoss(keras.losses.Loss):
         multiplier: float = 1.0,
         correct_probability: float = 0.99,
         form: str = "code",
+        from_logits: bool = True,
         reduction="sum_over_batch_size",
         name="tf_reg",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
         self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, 1.0)
         self.temperature = _checks.positive("temperature", temperature)
         self.multiplier = _checks.positive("multiplier", multiplier)
@@ -902,7 +956,7 @@ class TFRegLoss(keras.losses.Loss):
         self.form = _checked_form(form)
 
     def call(self, y_true, y_pred):
-        return tf_reg(y_true, y_pred, self.alpha, self.temperature, self.multiplier,
+        return tf_reg(y_true, self._logits(y_pred), self.alpha, self.temperature, self.multiplier,
                       self.correct_probability, self.form)
 
     def get_config(self):
@@ -917,7 +971,7 @@ class TFRegLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")
-class CSKDLoss(keras.losses.Loss):
+class CSKDLoss(_OutputLoss):
     """CS-KD (Yun et al. 2020): ``CE(p, q(1)) + lam t^2 KL(softmax(z'/t) || q(t))``; see :func:`cs_kd`.
 
     The partners' logits travel in ``y_true`` as :class:`KDLoss`'s teacher
@@ -936,8 +990,9 @@ class CSKDLoss(keras.losses.Loss):
     """
 
     def __init__(self, temperature: float = 4.0, lam: float = 1.0,
+                 from_logits: bool = True,
                  reduction="sum_over_batch_size", name="cs_kd", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
         self.temperature = _checks.positive("temperature", temperature)
         self.lam = _checks.in_closed_range("lam", lam, 0.0, math.inf)
 
@@ -948,14 +1003,15 @@ class CSKDLoss(keras.losses.Loss):
                 "CSKDLoss expects y_true = {'labels': ..., 'teacher_logits': <the partners' "
                 f"logits>}}; got {sorted(keys) or type(y_true).__name__}."
             )
-        return cs_kd(y_true["labels"], y_pred, y_true["teacher_logits"], self.temperature, self.lam)
+        return cs_kd(y_true["labels"], self._logits(y_pred), y_true["teacher_logits"],
+                     self.temperature, self.lam)
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature, "lam": self.lam}
 
 
 @keras.saving.register_keras_serializable(package="keras_softkd")
-class KRLSLoss(keras.losses.Loss):
+class KRLSLoss(_OutputLoss):
     """KR-LS (Ding et al. 2021, Alg. 1): ``CE(p, q(1)) + alpha KL(p_res || q_res)``; see :func:`kr_ls`.
 
     The rows ``S_k`` of the matrix travel in ``y_true`` as teacher logits, so
@@ -971,9 +1027,10 @@ class KRLSLoss(keras.losses.Loss):
         0.5186
     """
 
-    def __init__(self, alpha: float = 1.0, reduction="sum_over_batch_size", name="kr_ls",
+    def __init__(self, alpha: float = 1.0, from_logits: bool = True,
+                 reduction="sum_over_batch_size", name="kr_ls",
                  dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
         self.alpha = _checks.in_closed_range("alpha", alpha, 0.0, math.inf)
 
     def call(self, y_true, y_pred):
@@ -983,7 +1040,7 @@ class KRLSLoss(keras.losses.Loss):
                 "KRLSLoss expects y_true = {'labels': ..., 'teacher_logits': <each example's row "
                 f"of the matrix>}}; got {sorted(keys) or type(y_true).__name__}."
             )
-        return kr_ls(y_true["labels"], y_pred, y_true["teacher_logits"], self.alpha)
+        return kr_ls(y_true["labels"], self._logits(y_pred), y_true["teacher_logits"], self.alpha)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha}

@@ -39,6 +39,7 @@ Tolerances (why):
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -1235,3 +1236,244 @@ def test_tf_reg_rejects_an_unknown_form():
         losses.tf_reg(np.array([0]), np.zeros((1, 3)), 0.1, 20.0, form="Eq. 9")
     with pytest.raises(ValueError, match="form"):
         losses.TFRegLoss(form="both")
+
+
+# ==========================================================================
+# from_logits=False: a model's probabilities in, the same loss out
+# ==========================================================================
+#
+# Log-probabilities are logits of the same distribution, so the float64 reference of a loss
+# on probabilities p is the reference on the logits log(clip(p, 1e-7, 1)); for p = softmax(z)
+# (no entry below 1e-7) that is the reference on z itself.
+
+PROB_EPSILON = 1e-7  # keras.config.epsilon(), the clip of Keras's crossentropy
+
+
+def ref_kr_ls(p, z, rows, alpha):
+    """KR-LS (Ding et al. 2021, Alg. 1 l.4-10): ``CE(p, q(1)) + alpha KL(p_res || q_res)`` over the
+    classes other than the label, ``q_res`` from the constant rows; with ``a = p_res``,
+    ``d KL / dz_j = a_j (log a_j - log q_res_j - KL)`` off the label."""
+    label = p == 1
+    log_a = np_log_softmax(np.where(label, -np.inf, z))
+    log_b = np_log_softmax(np.where(label, -np.inf, np.asarray(rows, np.float64)))
+    with np.errstate(invalid="ignore"):  # -inf - -inf on the label, replaced by 0
+        kl = np.sum(np.where(label, 0.0, np.exp(log_a) * (log_a - log_b)), axis=-1)
+        residual_grad = np.where(label, 0.0, np.exp(log_a) * (log_a - log_b - kl[:, None]))
+    log_q = np_log_softmax(z)
+    grad = np.exp(log_q) - p + alpha * residual_grad
+    return np_ce(p, log_q) + alpha * kl, grad
+
+
+# name: (make(**kwargs) -> Loss, y_true(labels, teacher logits (n, B, K)), reference(p, z, zt))
+PROBABILITY_CASES = {
+    "LSRLoss": (lambda **kw: losses.LSRLoss(alpha=0.1, **kw), lambda y, zt: y,
+                lambda p, z, zt: ref_lsr(p, z, 0.1)),
+    "LsrKDLoss": (lambda **kw: losses.LsrKDLoss(alpha=0.1, temperature=3.0, **kw),
+                  lambda y, zt: y,
+                  lambda p, z, zt: ref_distill(p, z, log_uniform(p)[None], 0.1, 3.0, 1)),
+    "LsrKDLoss_tc": (lambda **kw: losses.LsrKDLoss(alpha=0.1, temperature=3.0, gamma=0.25, **kw),
+                     lambda y, zt: y,
+                     lambda p, z, zt: ref_distill(p, z, log_teacher_correction(p, 0.25)[None],
+                                                  0.1, 3.0, 1)),
+    "KDLoss": (lambda **kw: losses.KDLoss(alpha=0.9, temperature=4.0, **kw),
+               lambda y, zt: {"labels": y, "teacher_logits": zt},
+               lambda p, z, zt: ref_distill(p, z, _mr(zt, 4.0), 0.9, 4.0, 2)),
+    "PseudoKDLoss": (lambda **kw: losses.PseudoKDLoss(alpha=0.2, beta=1.5, **kw), lambda y, zt: y,
+                     lambda p, z, zt: ref_pseudo_kd(p, z, 0.2, 1.5)),
+    "TFRegLoss": (lambda **kw: losses.TFRegLoss(alpha=0.1, temperature=20.0, multiplier=100.0, **kw),
+                  lambda y, zt: y, lambda p, z, zt: ref_tf_reg(p, z, 0.1, 20.0, 100.0)),
+    "CSKDLoss": (lambda **kw: losses.CSKDLoss(temperature=4.0, lam=1.0, **kw),
+                 lambda y, zt: {"labels": y, "teacher_logits": zt[0]},
+                 lambda p, z, zt: ref_cs_kd(p, z, zt[0], 4.0, 1.0)),
+    "BetaLSLoss": (lambda **kw: losses.BetaLSLoss(alpha=0.6, **kw),
+                   lambda y, zt: {"labels": y, "teacher_logits": zt[0], "draws": BETA_DRAWS},
+                   lambda p, z, zt: ref_beta_ls(p, z, zt[0], BETA_DRAWS, 0.6)),
+    "KRLSLoss": (lambda **kw: losses.KRLSLoss(alpha=1.0, **kw),
+                 lambda y, zt: {"labels": y, "teacher_logits": zt[0]},
+                 lambda p, z, zt: ref_kr_ls(p, z, zt[0], 1.0)),
+}
+
+
+def test_probability_cases_cover_every_loss_class():
+    classes = {name for name in losses.__all__ if name.endswith("Loss")}
+    assert classes == {name.split("_")[0] for name in PROBABILITY_CASES}
+
+
+def plain_softmax(z):
+    """``softmax(z)`` as ``exp(log_softmax(z))``: a tensor without the logits Keras keeps on
+    its softmax's output, so the loss must work from the probabilities alone."""
+    return ops.exp(ops.log_softmax(z, axis=-1))
+
+
+@pytest.mark.parametrize("name", sorted(PROBABILITY_CASES))
+def test_probabilities_give_the_loss_of_their_logits(name):
+    """``Loss(from_logits=False)(y, softmax(z))`` equals ``Loss()(y, z)`` and the float64
+    reference on ``z``, values per example and gradients with respect to ``z`` through the
+    softmax."""
+    make, y_true, ref = PROBABILITY_CASES[name]
+    y, z, zt = make_case("random", 10, 3, seed=31)
+    z = z / 2.0  # logits of standard deviation 1.5: no probability near the clip
+    assert np.min(np_softmax(z)) > 1e3 * PROB_EPSILON
+    on_probabilities = make(from_logits=False, reduction=None)
+    on_logits = make(reduction=None)
+    value, grad, _ = value_and_grad(lambda x: on_probabilities(y_true(y, zt), plain_softmax(x)), z)
+    want_value, want_grad = ref(np_one_hot(y, 10), z, zt)
+    np.testing.assert_allclose(value, want_value, **VALUE_TOL)
+    np.testing.assert_allclose(grad, want_grad, **GRAD_TOL["float32"])
+    logits_value, logits_grad, _ = value_and_grad(lambda x: on_logits(y_true(y, zt), x), z)
+    np.testing.assert_allclose(value, logits_value, **VALUE_TOL)
+    np.testing.assert_allclose(grad, logits_grad, **GRAD_TOL["float32"])
+
+
+@pytest.mark.parametrize("name", sorted(PROBABILITY_CASES))
+def test_exact_zero_and_one_probabilities_give_finite_values_and_gradients(name):
+    """Probabilities of exactly 0 and 1 (certain of the label, certain of another class):
+    the value is the reference on ``log(clip(p, 1e-7, 1))``; the gradients with respect to
+    the probabilities, and to saturated logits through a softmax, are finite."""
+    make, y_true, ref = PROBABILITY_CASES[name]
+    y, z, zt = make_case("saturated", 10, 3, seed=32)
+    p = np.where(np.arange(10) == ((y + np.arange(BATCH) % 2) % 10)[:, None], 1.0, 0.0)
+    loss = make(from_logits=False, reduction=None)
+    value = to_numpy(loss(y_true(y, zt), p.astype(np.float32)))
+    want, _ = ref(np_one_hot(y, 10), np.log(np.clip(p, PROB_EPSILON, 1.0)), zt)
+    np.testing.assert_allclose(value, want, **VALUE_TOL)
+    assert np.isfinite(gradient_or_zero(lambda x: loss(y_true(y, zt), x), p)).all()
+    saturated = to_numpy(plain_softmax(ops.convert_to_tensor(z, "float32")))
+    assert np.sum(saturated == 0.0) > 0 and np.sum(saturated == 1.0) > 0
+    value, grad, _ = value_and_grad(lambda x: loss(y_true(y, zt), plain_softmax(x)), z)
+    assert np.isfinite(value).all() and np.isfinite(grad).all()
+
+
+def _no_kept_logits():
+    if BACKEND == "jax":
+        pytest.skip("JAX arrays take no attributes: Keras keeps no logits on a softmax's output")
+
+
+@pytest.mark.parametrize("name", ["LSRLoss", "KDLoss", "KRLSLoss"])
+def test_a_keras_softmax_output_is_read_through_its_logits(name):
+    """Where Keras keeps the logits on its softmax's output, ``from_logits=False`` uses them,
+    as Keras's crossentropy does: saturated logits give the exact reference on ``z`` (the
+    clipped probabilities would cap each log-probability at log 1e-7)."""
+    _no_kept_logits()
+    make, y_true, ref = PROBABILITY_CASES[name]
+    y, z, zt = make_case("saturated", 10, 3, seed=33)
+    loss = make(from_logits=False, reduction=None)
+    value, grad, _ = value_and_grad(lambda x: loss(y_true(y, zt), keras.activations.softmax(x)), z)
+    want_value, want_grad = ref(np_one_hot(y, 10), z, zt)
+    np.testing.assert_allclose(value, want_value, **VALUE_TOL)
+    np.testing.assert_allclose(grad, want_grad, **grad_tol("float32", z))
+
+
+@pytest.mark.parametrize("name", sorted(PROBABILITY_CASES))
+def test_from_logits_round_trips_through_the_config(name):
+    make = PROBABILITY_CASES[name][0]
+    assert make().from_logits is True and make().get_config()["from_logits"] is True
+    clone = _config_round_trip(make(from_logits=False))
+    assert clone.from_logits is False
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_from_logits_must_be_a_boolean(bad):
+    with pytest.raises(ValueError, match=r"`from_logits` must be True or False; got from_logits="):
+        losses.LSRLoss(from_logits=bad)
+
+
+def test_from_logits_docstring_examples():
+    import doctest
+
+    from keras_softkd import _outputs
+
+    runner = doctest.DocTestRunner()
+    for test in (doctest.DocTestFinder().find(_outputs)
+                 + doctest.DocTestFinder().find(losses._OutputLoss, "_OutputLoss",
+                                                globs={})):
+        runner.run(test)
+    assert runner.tries >= 5 and runner.failures == 0
+
+
+# -- The warning: a softmax's output given as logits ---------------------------------------
+
+SOFTMAX_WARNING = r"LSRLoss received `from_logits=True`.*softmax.*LSRLoss\(\.\.\., from_logits=False\)"
+
+
+def _tiny_data(seed=0):
+    """Ten separable classes in 10 features: the class's feature is 2, the others noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(160) % 10
+    x = 0.3 * rng.standard_normal((160, 10)).astype(np.float32)
+    x[np.arange(160), y] += 2.0
+    return x, y.astype(np.int32)
+
+
+def _tiny_model(activation):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((10,)), keras.layers.Dense(10, activation=activation)])
+
+
+def _fit_accuracy(model, loss, x, y):
+    """Final training loss and accuracy after 15 SGD steps (3 epochs of 5 batches)."""
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
+    history = model.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    accuracy = np.mean(np.argmax(to_numpy(model(x)), axis=-1) == y)
+    return history.history["loss"][-1], accuracy
+
+
+def _softmax_warnings(record):
+    return [w for w in record if "received `from_logits=True`" in str(w.message)]
+
+
+def test_a_softmax_model_with_a_logits_loss_warns_on_fit_evaluate_and_eager_calls():
+    """Its probabilities read as logits, the model stays near chance (loss near ln K): the
+    failure the warning names, on fit, on evaluate and on an eager call, once per loss."""
+    _no_kept_logits()
+    x, y = _tiny_data()
+    model = _tiny_model("softmax")
+    with pytest.warns(UserWarning, match=SOFTMAX_WARNING):
+        loss, accuracy = _fit_accuracy(model, losses.LSRLoss(), x, y)
+    assert loss > 0.95 * math.log(10) and accuracy < 0.5, (loss, accuracy)
+    model.compile(optimizer="sgd", loss=losses.LSRLoss())
+    with pytest.warns(UserWarning, match=SOFTMAX_WARNING):
+        model.evaluate(x, y, verbose=0)
+    eager = losses.LSRLoss()
+    with pytest.warns(UserWarning, match=SOFTMAX_WARNING) as record:
+        eager(y, model(x))
+        eager(y, model(x))
+    assert len(_softmax_warnings(record)) == 1
+
+
+def test_a_softmax_model_with_from_logits_false_learns_without_warning():
+    """Read as probabilities, the same model and steps learn the ten classes."""
+    if BACKEND == "jax":
+        pytest.skip("model.fit compiles for 5 s on JAX; the values and gradients above cover JAX")
+    x, y = _tiny_data()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        loss, accuracy = _fit_accuracy(_tiny_model("softmax"), losses.LSRLoss(from_logits=False),
+                                       x, y)
+    assert not _softmax_warnings(record)
+    assert accuracy > 0.9, (loss, accuracy)
+
+
+def test_a_logits_model_does_not_warn():
+    _no_kept_logits()
+    x, y = _tiny_data()
+    model = _tiny_model(None)
+    model.compile(optimizer="sgd", loss=losses.LSRLoss())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.evaluate(x, y, batch_size=160, verbose=0)
+        losses.LSRLoss()(y, model(x))
+    assert not _softmax_warnings(record)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a traced TensorFlow graph's Softmax op")
+def test_a_float16_softmax_in_a_traced_function_warns():
+    """A mixed-precision model's float16 softmax reaches the loss through a cast to float32
+    (Loss.__call__), which drops the kept logits: the graph's Softmax op is found through it."""
+    import tensorflow as tf
+
+    loss = losses.LSRLoss()
+    y, z, _ = make_case("random", 10, 0, seed=34)
+    call = tf.function(lambda x: loss(y, tf.nn.softmax(tf.cast(x, "float16"))))
+    with pytest.warns(UserWarning, match=SOFTMAX_WARNING):
+        call(tf.constant(z, tf.float32))
