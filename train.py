@@ -154,6 +154,22 @@ def config_from_flags() -> ExperimentConfig:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import signal
+
+    from keras_softkd._signals import StopSignals, exit_status
+
+    # Ctrl-C and SIGTERM end the run with one line and 130 / 143 (keras_softkd/_signals.py).
+    with StopSignals(raise_first=True):
+        try:
+            _train()
+        except KeyboardInterrupt as interrupt:
+            signum = getattr(interrupt, "signum", signal.SIGINT)  # a bare KeyboardInterrupt
+            tty = sys.stderr.isatty()  # after the terminal's ^C or a progress bar
+            print(("\n" if tty else "") + interrupted_line(signum), file=sys.stderr, flush=True)
+            sys.exit(exit_status(signum))
+
+
+def _train() -> None:
     from keras_softkd import experiment
 
     try:
@@ -178,6 +194,26 @@ def main(argv):
         f"{'examples' if glue else 'images'}/s | "
         f"{where}"
     )
+
+
+def interrupted_line(signum: int) -> str:
+    """What an interrupted run says: the signal, the epoch its last checkpoint holds, how to
+    go on (the same command resumes there)."""
+    from keras_softkd._signals import describe
+
+    what = f"train.py: interrupted by {describe(signum)}"
+    try:
+        from keras_softkd.experiment.lifecycle import checkpoint_epoch
+
+        config = config_from_flags().resolved()
+        epoch = checkpoint_epoch(config.output_dir)
+    except Exception:  # stopped before the run's folder was known (importing, checking)
+        return f"{what} before training began; run the same command to start it."
+    if epoch:
+        return (f"{what}; the last checkpoint in {config.output_dir} holds epoch {epoch} of "
+                f"{config.epochs}: run the same command to resume from there.")
+    return (f"{what}; no checkpoint yet in {config.output_dir}: the run starts again from "
+            "epoch 1 (run the same command).")
 
 
 def _help_requested(argv) -> bool:
