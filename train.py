@@ -159,24 +159,29 @@ def main(argv):
     from keras_softkd._signals import StopSignals, exit_status
 
     # Ctrl-C and SIGTERM end the run with one line and 130 / 143 (keras_softkd/_signals.py).
-    with StopSignals(raise_first=True):
+    run = {}  # the run's config once checked: what the interrupted line names
+    with StopSignals(raise_first=True) as stop:
         try:
-            _train()
+            _train(run)
         except KeyboardInterrupt as interrupt:
+            stop.caught()
             signum = getattr(interrupt, "signum", signal.SIGINT)  # a bare KeyboardInterrupt
             tty = sys.stderr.isatty()  # after the terminal's ^C or a progress bar
-            print(("\n" if tty else "") + interrupted_line(signum), file=sys.stderr, flush=True)
+            print(("\n" if tty else "") + interrupted_line(signum, run.get("config")),
+                  file=sys.stderr, flush=True)
             sys.exit(exit_status(signum))
 
 
-def _train() -> None:
+def _train(run: dict) -> None:
     from keras_softkd import experiment
 
     try:
         if FLAGS.dry_run:
             print(json.dumps(dataclasses.asdict(config_from_flags().resolved()), indent=2))
             return
-        results = experiment.run(config_from_flags())
+        config = config_from_flags()
+        run["config"] = config.resolved()
+        results = experiment.run(config)
     except UsageError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -196,19 +201,17 @@ def _train() -> None:
     )
 
 
-def interrupted_line(signum: int) -> str:
-    """What an interrupted run says: the signal, the epoch its last checkpoint holds, how to
-    go on (the same command resumes there)."""
+def interrupted_line(signum: int, config) -> str:
+    """What an interrupted run says: the signal, the epoch the last checkpoint in ``config``'s
+    folder holds, how to go on (the same command resumes there)."""
     from keras_softkd._signals import describe
 
     what = f"train.py: interrupted by {describe(signum)}"
-    try:
-        from keras_softkd.experiment.lifecycle import checkpoint_epoch
-
-        config = config_from_flags().resolved()
-        epoch = checkpoint_epoch(config.output_dir)
-    except Exception:  # stopped before the run's folder was known (importing, checking)
+    if config is None:  # stopped before the run's folder was known (importing, checking)
         return f"{what} before training began; run the same command to start it."
+    from keras_softkd.experiment.lifecycle import checkpoint_epoch
+
+    epoch = checkpoint_epoch(config.output_dir)
     if epoch:
         return (f"{what}; the last checkpoint in {config.output_dir} holds epoch {epoch} of "
                 f"{config.epochs}: run the same command to resume from there.")

@@ -474,3 +474,26 @@ def test_ctrl_c_and_sigterm_end_a_run_with_one_line_naming_its_checkpoint(tmp_pa
         ]
     assert not (out / "results.json").exists()
 
+
+def test_an_interrupt_swallowed_where_it_lands_is_raised_again():
+    """Keras's bare ``except:`` (pythonify_logs, where JAX's results are awaited each batch)
+    swallows an interrupt: train.py's is raised again until caught."""
+    import threading
+
+    from keras_softkd._signals import Interrupted, StopSignals
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+    with StopSignals(raise_first=True) as stop:
+        start = time.monotonic()
+        with pytest.raises(Interrupted):
+            try:
+                signal.raise_signal(signal.SIGTERM)
+                time.sleep(0.5)  # the interrupt lands here...
+            except:  # noqa: E722 - ...and is swallowed, as in Keras
+                pass
+            time.sleep(5)
+        stop.caught()
+        assert time.monotonic() - start < 3
+    assert stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is not stop._handle  # the handler is put back
