@@ -497,3 +497,32 @@ def test_an_interrupt_swallowed_where_it_lands_is_raised_again():
         assert time.monotonic() - start < 3
     assert stop.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is not stop._handle  # the handler is put back
+
+@pytest.mark.slow
+def test_a_jax_run_prints_no_start_up_lines(tmp_path):
+    """Under JAX, neither JAX's TPU probe nor TensorFlow's lines (Keras imports it to seed it)
+    reach the terminal: a run failing on its data says its one line alone."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": ""}
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_SOFTKD_TF_LOGS", "JAX_PLATFORMS"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, TRAIN, f"--data_dir={tmp_path / 'nowhere'}", f"--output_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: --data_dir="), result.stderr
+
+
+def test_a_text_model_without_keras_hub_says_what_to_install(monkeypatch):
+    """The name is valid; the install is not: the line names the extra and does not offer the
+    rejected name as a valid one."""
+    from keras_softkd.experiment import text
+
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # importing it fails
+    config = ExperimentConfig(method="ce", dataset="sst2", model="bert_tiny_scratch").resolved()
+    with pytest.raises(UsageError) as error:
+        text.build_student(config, 2, (np.array(["a good movie", "a dull plot"]),))
+    message = str(error.value)
+    assert "pip install 'keras-softkd[text]'" in message
+    assert message.count("bert_tiny_scratch") == 1, message

@@ -42,6 +42,7 @@ import numpy as np
 
 from keras_softkd import __version__, distribute
 from keras_softkd._io import write_atomic, write_json_atomic, write_text_atomic
+from keras_softkd._quiet import quiet_installed_tensorflow
 from keras_softkd.config import ExperimentConfig
 from keras_softkd.errors import UsageError
 from keras_softkd.precision import AUTO
@@ -59,6 +60,7 @@ def start(config: ExperimentConfig, asked: ExperimentConfig | None = None):
     files = pathlib.Path(distribute.output_dir(str(output), strategy, create=False))
     started = EpochCheckpoint.started_with(files / "checkpoint")
     config, precision = run_precision(asked or config, config, started)
+    quiet_installed_tensorflow()  # under JAX or PyTorch, Keras imports it here to seed it
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(config.precision)
     return config, precision, output, strategy
