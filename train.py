@@ -18,6 +18,7 @@ dataset (keras_softkd/methods.py, the method table). A run started again with th
 import dataclasses
 import json
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,6 +28,7 @@ from absl import app, flags  # noqa: E402
 # Nothing above keras_softkd.experiment imports Keras or TensorFlow: flags and the
 # configuration are checked first, and a mistake is refused in about a second.
 from keras_softkd import methods  # noqa: E402
+from keras_softkd._signals import StopSignals, describe, exit_status  # noqa: E402
 from keras_softkd.choices import AUTO, PRECISIONS, TEACHER_PRECISIONS, TF_REG_FORMS  # noqa: E402
 from keras_softkd.config import (  # noqa: E402
     DATASETS,
@@ -155,6 +157,21 @@ def config_from_flags() -> ExperimentConfig:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Ctrl-C and SIGTERM end the run with one line and 130 / 143 (keras_softkd/_signals.py).
+    run = {}  # the run's config once checked: what the interrupted line names
+    with StopSignals(raise_first=True) as stop:
+        try:
+            _train(run)
+        except KeyboardInterrupt as interrupt:
+            stop.caught()
+            signum = getattr(interrupt, "signum", signal.SIGINT)  # a bare KeyboardInterrupt
+            tty = sys.stderr.isatty()  # after the terminal's ^C or a progress bar
+            print(("\n" if tty else "") + interrupted_line(signum, run.get("config")),
+                  file=sys.stderr, flush=True)
+            sys.exit(exit_status(signum))
+
+
+def _train(run: dict) -> None:
     try:
         config = config_from_flags()
         # Every check of the configuration runs before Keras is imported; a valid one
@@ -163,6 +180,7 @@ def main(argv):
         if FLAGS.dry_run:
             print(json.dumps(dataclasses.asdict(resolved), indent=2))
             return
+        run["config"] = resolved
         from keras_softkd import experiment
 
         results = experiment.run(config)
@@ -194,6 +212,22 @@ def parse_flags(argv: list[str]) -> list[str]:
         print(f"train.py: error: {message} (python train.py --helpshort lists the flags)",
               file=sys.stderr)
         sys.exit(2)
+
+
+def interrupted_line(signum: int, config) -> str:
+    """What an interrupted run says: the signal, the epoch the last checkpoint in ``config``'s
+    folder holds, how to go on (the same command resumes there)."""
+    what = f"train.py: interrupted by {describe(signum)}"
+    if config is None:  # stopped before the run's folder was known (importing, checking)
+        return f"{what} before training began; run the same command to start it."
+    from keras_softkd.experiment.lifecycle import checkpoint_epoch
+
+    epoch = checkpoint_epoch(config.output_dir)
+    if epoch:
+        return (f"{what}; the last checkpoint in {config.output_dir} holds epoch {epoch} of "
+                f"{config.epochs}: run the same command to resume from there.")
+    return (f"{what}; no checkpoint yet in {config.output_dir}: the run starts again from "
+            "epoch 1 (run the same command).")
 
 
 def _help_requested(argv) -> bool:

@@ -27,9 +27,9 @@ __version__ = "0.1.0"
 import importlib
 from typing import Any
 
-from keras_softkd._quiet import quiet_tensorflow_imports
+from keras_softkd._quiet import quiet_startup
 
-quiet_tensorflow_imports()  # TensorFlow, when Keras loads it, without its start-up lines
+quiet_startup()  # JAX without its TPU probe; TensorFlow, whenever it loads, without its start-up lines
 
 # Loaded on first use (PEP 562), so that importing a light module (train.py's flags,
 # ``keras_softkd.config``) does not import Keras and TensorFlow.

@@ -1,24 +1,34 @@
-"""TensorFlow's start-up lines kept off the user's terminal.
+"""TensorFlow's and JAX's start-up lines kept off the user's terminal.
 
 Importing TensorFlow 2.20+ writes C++ log lines to stderr before its logging is
 initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them (abseil-cpp#1718):
 ``oneDNN custom operations are on``, ``Could not find cuda drivers``, and on a
 machine without a GPU ``E0000 ... failed call to cuInit ... (303)`` at the first
 device query. :func:`quiet_tensorflow_imports` makes TensorFlow's import, by
-whichever module asks for it first (Keras's TensorFlow backend, tf.data), run with
-that first query and file descriptor 2 sent to a temporary file; if they fail,
-what they wrote is shown with the error. ``KERAS_SOFTKD_TF_LOGS=1`` shows the
-lines again.
+whichever module asks for it first (Keras's TensorFlow backend, tf.data, or Keras
+under JAX or PyTorch seeding TensorFlow in ``keras.utils.set_random_seed``), run
+with that first query and file descriptor 2 sent to a temporary file; if they
+fail, what they wrote is shown with the error. ``KERAS_SOFTKD_TF_LOGS=1`` shows
+the lines again.
 
-``import keras_softkd`` installs it and imports nothing heavier, so ``train.py``
-checks its flags before TensorFlow loads.
+``import keras_softkd`` runs :func:`quiet_startup` and imports nothing heavier, so
+``train.py`` checks its flags before TensorFlow loads.
+
+JAX without an accelerator plugin probes for a TPU on its first
+operation (``Unable to initialize backend 'tpu': ... libtpu.so``, logged where
+Python logging shows INFO, as under absl's ``app.run``): where the backend is
+JAX, ``JAX_PLATFORMS`` is unset and no plugin is installed (``jax_plugins``, its
+entry points, ``libtpu``), :func:`quiet_startup` sets ``JAX_PLATFORMS=cpu``, the
+only platform JAX then has. A machine with a GPU or TPU plugin is left as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.abc
+import importlib.metadata
 import importlib.util
+import json
 import os
 import sys
 import tempfile
@@ -49,6 +59,13 @@ def quiet_stderr() -> Iterator[None]:
             sys.stderr.write(sink.read().decode(errors="replace"))
             raise
         _restore(saved)
+
+
+def quiet_startup() -> None:
+    """What ``import keras_softkd`` runs: JAX on the CPU alone where it has nothing else to
+    probe, and TensorFlow's import quiet whenever it comes."""
+    _jax_on_cpu_only()
+    quiet_tensorflow_imports()
 
 
 def quiet_tensorflow_imports() -> None:
@@ -99,6 +116,30 @@ class _QuietLoader(importlib.abc.Loader):
 
     def __getattr__(self, name):  # get_resource_reader, is_package, ...
         return getattr(self.loader, name)
+
+
+def _jax_on_cpu_only() -> None:
+    """``JAX_PLATFORMS=cpu`` where Keras's backend is JAX, JAX is not imported yet, the
+    variable is unset and no accelerator plugin is installed (nothing else to find)."""
+    if "JAX_PLATFORMS" in os.environ or "jax" in sys.modules or _keras_backend() != "jax":
+        return
+    if any(importlib.util.find_spec(name) is not None for name in ("jax_plugins", "libtpu")):
+        return
+    if importlib.metadata.entry_points(group="jax_plugins"):
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def _keras_backend() -> str:
+    """The backend Keras will pick: ``KERAS_BACKEND``, else ``keras.json``'s (Keras's order)."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as file:
+            return str(json.load(file).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
 
 
 def _first_device_query() -> None:

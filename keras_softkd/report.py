@@ -901,6 +901,15 @@ _CURVES = (
     ("teaching_copies", "MrKD copies teaching (mean over the epoch)", lambda v: v),
 )
 
+#: Each panel's title names its metric (the y label says it in full).
+_TITLES = {
+    "val_accuracy": "test error",
+    "teacher_accuracy": "teachers' accuracy",
+    "teacher_top_probability": "teachers' top probability",
+    "teaching_copies": "copies teaching",
+}
+_PANEL_INCHES = (6.0, 3.6)  # at the 120 dpi of the PNG: 720 x 432 pixels a panel
+
 
 def plot_curves(
     runs_dirs: Union[Sequence[PathLike], Sequence[Mapping[str, Any]]], path: PathLike
@@ -909,11 +918,12 @@ def plot_curves(
 
     Test error is ``1 - val_accuracy`` of each run's ``history.csv``, against
     the 1-based epoch (Keras' 0-based ``epoch`` + 1: the error after that
-    many epochs). One row of panels per (dataset, model): the test error, and
-    where any run of the row logged them (``KDModel``, ``MrKDModel``), the
-    teachers' top-1 accuracy on the training batches, their mean top
-    probability at the distillation temperature and how many MrKD copies
-    taught (an epoch in which no teacher taught has no point). In each panel
+    many epochs). Panels two across, each titled with its metric: per
+    (dataset, model) the test error, and where any run logged them
+    (``KDModel``, ``MrKDModel``), the teachers' top-1 accuracy on the training
+    batches, their mean top probability at the distillation temperature and
+    how many MrKD copies taught (an epoch in which no teacher taught has no
+    point); each (dataset, model) starts a new row. In each panel
     one line per column of :func:`table` (``Baseline``, ``MrKD-3``, ...): the
     mean over seeds, shaded between the seeds' min and max. Written atomically
     with matplotlib's Agg canvas (no ``pyplot``, so the caller's backend is
@@ -970,17 +980,25 @@ def plot_curves(
         (key, ylabel) for key, ylabel, _ in _CURVES
         if any(key in curves for panel in panels.values() for _, curves in panel.values())
     ]
-    if len(shown) > 1:  # a row per (dataset, model): test error, then the diagnostics
-        across, down = len(shown), len(order)
-        cells = [(panel, key, ylabel) for panel in order for key, ylabel in shown]
-    else:
-        across = min(len(order), 3)
-        down = math.ceil(len(order) / across)
-        cells = [(panel, *shown[0]) for panel in order]
-    figure = Figure(figsize=(5.0 * across, 3.6 * down), layout="constrained")
+    # Two panels across (1,440 pixels wide at 120 dpi: a laptop screen's width): a
+    # (dataset, model)'s panels, test error first, then its diagnostics, in rows of two; the
+    # next (dataset, model) starts a new row.
+    across = 2 if len(shown) > 1 or len(order) > 1 else 1
+    cells: list = []
+    for panel in order:
+        cells += [(panel, key, ylabel) for key, ylabel in shown]
+        if len(shown) > 1:
+            cells += [None] * (-len(cells) % across)
+    down = math.ceil(len(cells) / across)
+    figure = Figure(figsize=(_PANEL_INCHES[0] * across, _PANEL_INCHES[1] * down),
+                    layout="constrained")
     axes = figure.subplots(down, across, squeeze=False).ravel()
     colours = [f"C{i % 10}" for i in range(len(all_columns))]
-    for ax, (panel, key, ylabel) in zip(axes, cells):
+    for ax, cell in zip(axes, cells):
+        if cell is None:
+            ax.set_visible(False)
+            continue
+        panel, key, ylabel = cell
         for column in sorted(panels[panel]):
             label, curves = panels[panel][column]
             if key not in curves:
@@ -991,7 +1009,7 @@ def plot_curves(
                     label=f"{label} (n={len(curves[key])})")
             if len(curves[key]) > 1:
                 ax.fill_between(epochs + 1, low, high, color=colour, alpha=0.2)
-        ax.set_title(f"{panel[0]} / {panel[1]}")
+        ax.set_title(f"{_TITLES[key]}: {panel[0]} / {panel[1]}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel, fontsize="small" if key != "val_accuracy" else None)

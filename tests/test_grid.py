@@ -227,6 +227,9 @@ start = time.time()
 (out / "started.json").write_text(json.dumps({"pid": os.getpid(), "env": {
     k: os.environ.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")}}))
 if os.environ.get("SLEEP_FOREVER"):
+    if args["method"] == "ce":  # a checkpoint, as train.py's after its second epoch
+        (out / "checkpoint").mkdir(exist_ok=True)
+        (out / "checkpoint" / "state.json").write_text(json.dumps({"epoch": 2}))
     time.sleep(600)
 time.sleep(1.0)
 (out / "results.json").write_text(json.dumps({
@@ -272,27 +275,40 @@ def test_jobs_run_that_many_cells_at_once_each_with_a_share_of_the_cores(tmp_pat
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_running_cell_and_starts_no_other(tmp_path, fake_train):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_stop_every_running_cell_with_one_line(tmp_path, fake_train, signame):
+    """Ctrl-C or SIGTERM: every running cell stopped, none started, one line naming the epoch
+    each stopped cell's checkpoint holds, 130 / 143."""
     import os
     import signal
     import time
 
+    signum = getattr(signal, signame)
     root = tmp_path / "runs"
     command = [sys.executable, "-m", "keras_softkd.grid", "--methods=ce,lsr,lsrkd", f"--output_root={root}",
                "--no_report", f"--train_script={fake_train}", "--jobs=2"]
+    # The driver gets SIGINT's default disposition: a test started in the background of a shell
+    # without job control (CI) inherits SIGINT ignored, as nohup wants it.
     grid_process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "SLEEP_FOREVER": "1"},
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = [root / "resnet20" / m / "seed0" / "started.json" for m in ("ce", "lsr", "lsrkd")]
     deadline = time.monotonic() + 120
     while not (started[0].exists() and started[1].exists()):
-        assert time.monotonic() < deadline and grid_process.poll() is None, grid_process.stdout.read()
+        assert time.monotonic() < deadline and grid_process.poll() is None, grid_process.communicate()
         time.sleep(0.2)
     time.sleep(0.5)
     pids = [json.loads(path.read_text())["pid"] for path in started[:2]]
-    grid_process.send_signal(signal.SIGTERM)
-    output, _ = grid_process.communicate(timeout=60)
-    assert grid_process.returncode == 130, output
-    assert "Interrupted: run the same command again to resume." in output
+    grid_process.send_signal(signum)
+    output, errors = grid_process.communicate(timeout=60)
+    assert grid_process.returncode == 128 + signum, output + errors
+    assert "Traceback" not in output + errors
+    lines = errors.strip().splitlines()
+    assert len(lines) == 1, errors
+    assert lines[0] == (
+        f"python -m keras_softkd.grid: interrupted by {signame}{' (Ctrl-C)' * (signame == 'SIGINT')}; "
+        "stopped 2 running cells (resnet20 ce seed0: its checkpoint holds epoch 2; resnet20 lsr seed0: "
+        "no checkpoint yet, starts again from epoch 1), 1 not started: run the same command to resume.")
     assert not started[2].exists()  # the third cell never started
     for pid in pids:  # both running cells were stopped (and reaped)
         with pytest.raises(ProcessLookupError):

@@ -345,11 +345,19 @@ def test_plot_curves_adds_the_teacher_diagnostics_of_distillation_runs(tmp_path,
         return original(curves)
 
     monkeypatch.setattr(report, "_aggregate", recording)
-    out = report.plot_curves([tmp_path], tmp_path / "curves.png")
+    import matplotlib.axes
     import matplotlib.image
 
+    titles = []
+    original_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda ax, title, *a, **k: titles.append(title) or original_title(ax, title, *a, **k))
+    out = report.plot_curves([tmp_path], tmp_path / "curves.png")
     image = matplotlib.image.imread(out)
-    assert image.shape[1] >= 4 * 5.0 * 120 * 0.95  # four panels across
+    # Two panels across, two rows: 1440 x 864 pixels, readable on a laptop's screen.
+    assert (image.shape[1], image.shape[0]) == (1440, 864)
+    assert len(titles) == 4 and len(set(titles)) == 4, titles  # each names its metric
+    assert titles[0] == "test error: cifar100 / resnet56"
     # test error of ce and mrkd, then MrKD's three diagnostics (ce has none)
     assert len(drawn) == 5
     np.testing.assert_allclose(drawn[2][0], [np.nan, 40.0, 50.0, 60.0])  # accuracy in %

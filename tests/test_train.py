@@ -460,3 +460,93 @@ def test_two_replicas_train_like_one_device(tmp_path):
         assert two[key] == pytest.approx(one[key], rel=5e-3, abs=5e-3), key
     for a, b in zip(one["weights"], two["weights"]):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=5e-3, atol=5e-3)
+
+
+# -- interruptions and start-up lines ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_sigterm_end_a_run_with_one_line_naming_its_checkpoint(tmp_path):
+    """Ctrl-C, then SIGTERM on the resumed run: each ends train.py with one line naming the epoch
+    the last checkpoint holds, no traceback, 130 / 143; the same command resumes there."""
+    data_dir = write_tiny_cifar(tmp_path / "data", train=32, test=16)
+    out = tmp_path / "run"
+    command = [sys.executable, TRAIN, "--method=ce", "--model=resnet20", "--epochs=20",
+               "--batch_size=32", f"--data_dir={data_dir}", f"--output_dir={out}"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    state = out / "checkpoint" / "state.json"
+    held = 0
+    for signame in ("SIGINT", "SIGTERM"):
+        signum = getattr(signal, signame)
+        # SIGINT's default disposition: CI's shell starts the suite with SIGINT ignored.
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.time() + 300
+        while not (state.exists() and json.loads(state.read_text())["epoch"] > held):
+            assert time.time() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 128 + signum, stderr[-3000:]
+        if held:
+            assert f"Resuming from {out / 'checkpoint' / 'weights.weights.h5'} at epoch {held}." in stdout
+        held = json.loads(state.read_text())["epoch"]
+        assert "Traceback" not in stderr
+        assert stderr.strip().splitlines() == [
+            f"train.py: interrupted by {signame}{' (Ctrl-C)' * (signame == 'SIGINT')}; the last "
+            f"checkpoint in {out} holds epoch {held} of 20: run the same command to resume from there."
+        ]
+    assert not (out / "results.json").exists()
+
+
+def test_an_interrupt_swallowed_where_it_lands_is_raised_again():
+    """Keras's bare ``except:`` (pythonify_logs, where JAX's results are awaited each batch)
+    swallows an interrupt: train.py's is raised again until caught."""
+    import threading
+
+    from keras_softkd._signals import Interrupted, StopSignals
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+    with StopSignals(raise_first=True) as stop:
+        start = time.monotonic()
+        with pytest.raises(Interrupted):
+            try:
+                signal.raise_signal(signal.SIGTERM)
+                time.sleep(0.5)  # the interrupt lands here...
+            except:  # noqa: E722 - ...and is swallowed, as in Keras
+                pass
+            time.sleep(5)
+        stop.caught()
+        assert time.monotonic() - start < 3
+    assert stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is not stop._handle  # the handler is put back
+
+@pytest.mark.slow
+def test_a_jax_run_prints_no_start_up_lines(tmp_path):
+    """Under JAX, neither JAX's TPU probe nor TensorFlow's lines (Keras imports it to seed it)
+    reach the terminal: a run failing on its data says its one line alone."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": ""}
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_SOFTKD_TF_LOGS", "JAX_PLATFORMS"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, TRAIN, f"--data_dir={tmp_path / 'nowhere'}", f"--output_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: --data_dir="), result.stderr
+
+
+def test_a_text_model_without_keras_hub_says_what_to_install(monkeypatch):
+    """The name is valid; the install is not: the line names the extra and does not offer the
+    rejected name as a valid one."""
+    from keras_softkd.experiment import text
+
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # importing it fails
+    config = ExperimentConfig(method="ce", dataset="sst2", model="bert_tiny_scratch").resolved()
+    with pytest.raises(UsageError) as error:
+        text.build_student(config, 2, (np.array(["a good movie", "a dull plot"]),))
+    message = str(error.value)
+    assert "pip install 'keras-softkd[text]'" in message
+    assert message.count("bert_tiny_scratch") == 1, message

@@ -166,6 +166,20 @@ def finish(files: pathlib.Path, student: keras.Model, results: dict) -> None:
     write_json_atomic(files / RESULTS, results)
 
 
+def checkpoint_epoch(output_dir) -> int:
+    """The epochs the checkpoint in ``output_dir`` holds (0: none yet): where a run started
+    again with that ``--output_dir`` resumes, what an interrupted ``train.py`` reports.
+
+    Example:
+        >>> checkpoint_epoch("/nowhere")
+        0
+    """
+    state = pathlib.Path(output_dir) / "checkpoint" / "state.json"
+    if not state.exists():
+        return 0
+    return int(json.loads(state.read_text())["epoch"])
+
+
 def versions() -> dict:
     """Versions of what the results depend on (the backends installed, without importing them)."""
     found = {}

@@ -168,6 +168,8 @@ def build_student(config: ExperimentConfig, num_classes: int, texts) -> keras.Mo
         )
     except ConnectionError as error:
         raise UsageError(str(error)) from None
+    except ImportError as error:  # KerasHub missing: the name may be fine, the install is not
+        raise UsageError(f"--model={config.model} (--dataset={config.dataset}): {error}") from None
     except Exception as error:  # KerasHub's errors for an unknown preset or a bad directory
         message = (str(error).strip().splitlines() or [type(error).__name__])[0]
         if message.endswith(":"):  # KerasHub's "... A preset must be one of:" and a list

@@ -49,8 +49,10 @@ Decisions:
   skipped nor resumed, and the grid says so; use another ``--output_root``.
 * **Runs**: each cell is a ``train.py`` subprocess, so a crash or a kill of
   one run loses only that run's current epoch. A failed cell does not stop
-  the grid; the exit status is 1 when any cell failed, 130 when interrupted
-  (run the same command again to go on; an interrupt stops every running cell).
+  the grid; the exit status is 1 when any cell failed, 130 (Ctrl-C) or 143
+  (SIGTERM) when interrupted: every running cell is stopped and one line on
+  stderr names the epoch each one's checkpoint holds (run the same command
+  again to go on).
 * **``--jobs=N``** runs N cells at once (default 1), in the same order, and
   gives each an N-th of the CPU cores: ``TF_NUM_INTRAOP_THREADS``,
   ``TF_NUM_INTEROP_THREADS`` and ``OMP_NUM_THREADS`` (those not already set).

@@ -96,12 +96,20 @@ class Cell:
                 return "done", ""
             return "broken", f"{results} is not a completed run; delete it to run the cell again"
         if checkpoint.exists():
-            try:
-                epoch = json.loads(checkpoint.read_text()).get("epoch")
-            except (ValueError, AttributeError, UnicodeDecodeError):
-                epoch = "?"
-            return "resume", f"from epoch {epoch}"
+            epoch = self.checkpoint_epoch()
+            return "resume", f"from epoch {'?' if epoch is None else epoch}"
         return "new", ""
+
+    def checkpoint_epoch(self) -> Optional[int]:
+        """The epochs the cell's checkpoint holds, where its ``train.py`` resumes (0: no
+        checkpoint yet; None: unreadable)."""
+        checkpoint = self.output_dir / "checkpoint" / "state.json"
+        try:
+            return int(json.loads(checkpoint.read_text())["epoch"])
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return None
 
     def _differences(self) -> str:
         recorded_file = self.output_dir / CELL_FILE

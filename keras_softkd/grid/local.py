@@ -3,7 +3,9 @@
 Each cell's output is appended to its ``train.log`` (and echoed with
 ``--stream``); ``--jobs=N`` gives each cell an N-th of the CPU cores
 (``TF_NUM_INTRAOP_THREADS``, ``TF_NUM_INTEROP_THREADS``, ``OMP_NUM_THREADS``).
-Ctrl-C or SIGTERM stops every running cell; the same command resumes them.
+Ctrl-C or SIGTERM stops every running cell (SIGTERM to each ``train.py``, which saves
+nothing more and exits) and ends the grid with one line and 130 or 143; the same command
+resumes them.
 """
 
 from __future__ import annotations
@@ -19,15 +21,9 @@ import time
 from concurrent import futures
 from typing import Optional, Sequence
 
+from keras_softkd._signals import StopSignals, exit_status
 from keras_softkd.grid.cells import LOG_FILE, Cell, prepare_cell
-from keras_softkd.grid.progress import (
-    Terminated,
-    headline,
-    install_sigterm,
-    summarize,
-    tail,
-    triage,
-)
+from keras_softkd.grid.progress import headline, interrupted, summarize, tail, triage
 
 __all__ = ["run"]
 
@@ -45,39 +41,46 @@ def run(
 
     Returns:
         0 when every cell completed (and the report was written), 1 when a
-        cell failed, conflicted or the report failed, 130 when interrupted.
+        cell failed, conflicted or the report failed, 130 or 143 when Ctrl-C or SIGTERM
+        stopped it (every running cell is stopped; one line on stderr says where each one's
+        checkpoint stands, and the same command resumes them).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"`jobs` must be an integer >= 1; got jobs={jobs!r}.")
     out = out or sys.stdout
     counts, failed, to_run = triage(cells, out)
     runner = _Runner(stream, out, _cell_environment(jobs))
-    previous_handler = install_sigterm()
     pool = futures.ThreadPoolExecutor(jobs, thread_name_prefix="keras_softkd_grid")
-    try:
-        pending = [pool.submit(runner.run, *job) for job in to_run]
-        for future in pending:
-            while True:  # a timed wait, so that Ctrl-C and SIGTERM reach this thread
-                try:
-                    code, summary = future.result(timeout=0.5)
+    with StopSignals() as stop:  # Ctrl-C and SIGTERM noted; the loop below stops on them
+        try:
+            pending = [pool.submit(runner.run, *job) for job in to_run]
+            for future in pending:
+                while stop.signum is None:  # a timed wait: the signal is seen within 0.5 s
+                    try:
+                        code, summary = future.result(timeout=0.5)
+                        break
+                    except futures.TimeoutError:
+                        continue
+                if stop.signum is not None:
                     break
-                except futures.TimeoutError:
-                    continue
-            counts["ran"] += 1
-            if code is not None:
-                counts["failed"] += 1
-                failed.append(summary)
-    except BaseException as error:  # Ctrl-C, SIGTERM, or a cell's runner failed: stop them all
-        runner.stop()
-        pool.shutdown(wait=True, cancel_futures=True)
-        if not isinstance(error, (KeyboardInterrupt, Terminated)):
+                counts["ran"] += 1
+                if code is not None:
+                    counts["failed"] += 1
+                    failed.append(summary)
+        except KeyboardInterrupt:  # Ctrl-C where no handler could be installed (a thread)
+            stop.signum = signal.SIGINT
+        except BaseException:  # a cell's runner failed: stop the others
+            runner.stop()
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
-        print("\nInterrupted: run the same command again to resume.", file=out, flush=True)
-        return 130
-    finally:
+        if stop.signum is not None:  # stop every cell, then say where each one stands
+            order = {cell: i for i, (_, cell, _) in enumerate(to_run)}
+            stopped = sorted(runner.stop(), key=order.get)
+            pool.shutdown(wait=True, cancel_futures=True)
+            print(interrupted(stop.signum, stopped, len(to_run) - runner.started), file=sys.stderr,
+                  flush=True)
+            return exit_status(stop.signum)
         pool.shutdown(wait=True)
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
 
     return summarize(cells, counts, failed, output_root, report, out)
 
@@ -100,8 +103,9 @@ class _Runner:
     def __init__(self, stream: bool, out, env: dict[str, str]):
         self.stream, self.out, self.env = stream, out, env
         self._lock = threading.Lock()
-        self._processes: set[subprocess.Popen] = set()
+        self._processes: dict[subprocess.Popen, Cell] = {}
         self._stopping = False
+        self.started = 0  # cells whose train.py was started
 
     @property
     def stopping(self) -> bool:
@@ -128,21 +132,22 @@ class _Runner:
                  f"{cell.output_dir / LOG_FILE}:\n{lines}")
         return code, f"{cell.output_dir}: train.py exited with {code}"
 
-    def start(self, command: Sequence[str]) -> Optional[subprocess.Popen]:
+    def start(self, cell: Cell) -> Optional[subprocess.Popen]:
         """The cell's process, or None once :meth:`stop` was called."""
         with self._lock:
             if self._stopping:
                 return None
             process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                cell.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 env=self.env, bufsize=1, errors="replace",
             )
-            self._processes.add(process)
+            self._processes[process] = cell
+            self.started += 1
             return process
 
     def finished(self, process: subprocess.Popen) -> None:
         with self._lock:
-            self._processes.discard(process)
+            self._processes.pop(process, None)
 
     def echo(self, prefix: str, line: str) -> None:
         if self.stream:
@@ -150,20 +155,22 @@ class _Runner:
                 self.out.write(prefix + line)
                 self.out.flush()
 
-    def stop(self) -> None:
-        """Terminates every running cell (then kills what has not exited after 30 s)."""
+    def stop(self) -> list[Cell]:
+        """Terminates every running cell (then kills what has not exited after 30 s); the
+        cells that were running, in the order they started."""
         with self._lock:
             self._stopping = True
-            processes = list(self._processes)
-        for process in processes:
+            running = dict(self._processes)
+        for process in running:
             if process.poll() is None:
                 process.terminate()
-        for process in processes:
+        for process in running:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        return list(running.values())
 
 
 def _run_cell(cell: Cell, runner: _Runner) -> Optional[int]:
@@ -174,7 +181,7 @@ def _run_cell(cell: Cell, runner: _Runner) -> Optional[int]:
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
         log.write(f"=== {stamp} {shlex.join(cell.command)}\n")
         log.flush()
-        process = runner.start(cell.command)
+        process = runner.start(cell)
         if process is None:
             return None
         prefix = f"[{cell.model} {cell.column.name} seed{cell.seed}] "

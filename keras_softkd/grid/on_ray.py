@@ -37,7 +37,9 @@ Decisions:
   standard library, so a Ray worker never imports Keras or TensorFlow; only
   its ``train.py`` does.
 * **Ctrl-C** (or SIGTERM) cancels every task (``ray.cancel(force=True)``,
-  which ends their ``train.py``); run the same command again to go on.
+  which ends their ``train.py``) and ends the driver with one line and 130
+  (143); run the same command again to go on. The signals are noted, not
+  raised: an exception raised inside ``ray.wait`` surfaces as ``SystemError``.
 * **Progress**: one line per finished cell with its figures, the node, how many
   remain, and the time left estimated from the finished cells' durations and
   the cells the cluster runs at once.
@@ -49,23 +51,19 @@ import datetime
 import math
 import os
 import pathlib
+import re
 import secrets
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import time
 from typing import Optional, Sequence
 
+from keras_softkd._signals import StopSignals, exit_status
 from keras_softkd.grid.cells import LOG_FILE, Cell, prepare_cell
-from keras_softkd.grid.progress import (
-    Terminated,
-    headline,
-    install_sigterm,
-    summarize,
-    tail,
-    triage,
-)
+from keras_softkd.grid.progress import headline, interrupted, summarize, tail, triage
 
 __all__ = ["run", "FORWARDED"]
 
@@ -121,7 +119,8 @@ def check_output_root(root: str, token_name: str, token: str, cwd: str) -> str:
 
 def cell_task(command: Sequence[str], output_dir: str, root: str, token_name: str, token: str,
               cwd: str, env: dict, threads: Optional[int]) -> dict:
-    """Runs one cell's ``train.py`` on this node; ``{"code", "error", "node", "host", "seconds"}``.
+    """Runs one cell's ``train.py`` on this node; ``{"code", "error", "node", "host", "seconds",
+    "end"}`` (``end``: when it finished, as ``time.time()``).
 
     ``code`` is ``train.py``'s exit status (None when it never started, with
     ``error`` saying why in one line). Its output is appended to the cell's
@@ -162,7 +161,8 @@ def cell_task(command: Sequence[str], output_dir: str, root: str, token_name: st
             process.kill()
             process.wait()
             raise
-    result["seconds"] = time.time() - start
+    result["end"] = time.time()
+    result["seconds"] = result["end"] - start
     return result
 
 
@@ -197,7 +197,7 @@ def run(
     Returns:
         0 when every cell completed (and the report was written), 1 when a cell
         failed, conflicted or the report failed, 2 when Ray is missing or the
-        cluster unreachable, 130 when interrupted.
+        cluster unreachable, 130 (Ctrl-C) or 143 (SIGTERM) when interrupted.
     """
     out = out or sys.stdout
     try:
@@ -227,11 +227,16 @@ def run(
             print(f"{_PREFIX}--ray_address={address}: cannot connect: {first[:300]}",
                   file=sys.stderr)
             return 2
+        closing = ""
         try:
-            return _run_tasks(ray, cells, to_run, counts, failed, root, token_file.name, token,
-                              cpus_per_cell, gpus_per_cell, max_retries, resources, report, out)
+            status, closing = _run_tasks(
+                ray, cells, to_run, counts, failed, root, token_file.name, token, cpus_per_cell,
+                gpus_per_cell, max_retries, resources, report, out)
+            return status
         finally:
             ray.shutdown()
+            if closing:  # an interrupted grid's line, last: after what Ray prints on shutdown
+                print(closing, file=sys.stderr, flush=True)
     finally:
         token_file.unlink(missing_ok=True)
 
@@ -252,6 +257,7 @@ def _unreachable(address: str) -> str:
 def _connect(ray, address: str) -> None:
     import logging
 
+    _plain_ray_messages()
     options = {"include_dashboard": False} if address == "local" else {}
     host = address.rpartition(":")[0]
     if host in ("127.0.0.1", "localhost"):  # a loopback cluster: this driver is on its machine
@@ -260,8 +266,53 @@ def _connect(ray, address: str) -> None:
              configure_logging=True, **options)
 
 
+#: Cut from Ray's messages to the driver: the raylet's log tail after a crash, and hints that
+#: need ``ray[default]`` (``ray list nodes``, the dashboard), which the cluster extra leaves out.
+_RAY_NOISE = (
+    re.compile(r"\s*Last \d+ lines of the Raylet logs:.*", re.S),
+    re.compile(r"\s*To see node death information, [^\n]*"),
+)
+
+
+def _plain_ray_messages() -> None:
+    """Ray's messages to the driver (a node lost, a task retried) as plain text: no colour
+    codes where stdout is not a terminal (``RAY_COLOR_PREFIX=0``, unless set), and
+    without :data:`_RAY_NOISE` (``ray._private.worker.print_to_stdstream`` wrapped; left
+    alone where Ray has no such function)."""
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    worker = sys.modules.get("ray._private.worker")
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "plain", False):
+        return
+
+    def plain(data, *args, **kwargs):
+        lines = data.get("lines")
+        if isinstance(lines, list):
+            data = {**data, "lines": [_without_noise(line) for line in lines]}
+        return original(data, *args, **kwargs)
+
+    plain.plain = True
+    worker.print_to_stdstream = plain
+
+
+def _without_noise(message: str) -> str:
+    """``message`` without :data:`_RAY_NOISE`.
+
+    Example:
+        >>> _without_noise("Task failed. To see node death information, use `ray list nodes`.")
+        'Task failed.'
+    """
+    if not isinstance(message, str):
+        return message
+    for pattern in _RAY_NOISE:
+        message = pattern.sub("", message)
+    return message
+
+
 def _run_tasks(ray, cells, to_run, counts, failed, root, token_name, token, cpus_per_cell,
-               gpus_per_cell, max_retries, resources, report, out) -> int:
+               gpus_per_cell, max_retries, resources, report, out) -> tuple[int, str]:
+    """``(exit status, closing line)``: the line of an interrupted grid, else ``""``."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import us
     forwarded = {name: os.environ[name] for name in FORWARDED if name in os.environ}
     threads = None if gpus_per_cell else max(1, int(cpus_per_cell))
@@ -271,45 +322,47 @@ def _run_tasks(ray, cells, to_run, counts, failed, root, token_name, token, cpus
     cwd = os.getcwd()
     pending = {}
     durations: list[float] = []
-    previous_handler = install_sigterm()
-    try:
-        for where, cell, doing in to_run:
-            prepare_cell(cell)
-            log = cell.output_dir / LOG_FILE
-            size = log.stat().st_size if log.exists() else 0
-            name = f"grid {cell.model} {cell.column.name} seed{cell.seed}"
-            ref = task.options(**options, name=name).remote(
-                list(cell.command), str(cell.output_dir), str(root), token_name, token, cwd,
-                forwarded, threads)
-            pending[ref] = (where, cell, size)
-            print(f"{where}: {doing} (queued) -> {log}", file=out, flush=True)
-        asks = {"CPU": cpus_per_cell, "GPU": gpus_per_cell, **(resources or {})}
-        _describe(ray, len(pending), asks, out)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            for ref in ready:
-                where, cell, _ = pending.pop(ref)
-                result = _result(ray, ref)
-                counts["ran"] += 1
-                if result["seconds"]:
-                    durations.append(result["seconds"])
-                left = _left(len(pending), durations, _slots(ray, cpus_per_cell, gpus_per_cell,
-                                                               resources))
-                summary = _finished(where, cell, result, left, out)
-                if summary:
-                    counts["failed"] += 1
-                    failed.append(summary)
-    except (KeyboardInterrupt, Terminated):
-        _cancel(ray, pending)
-        print("\nInterrupted: the running cells were cancelled; run the same command again to "
-              "resume.", file=out, flush=True)
-        return 130
-    finally:
-        if previous_handler is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, previous_handler)
-    return summarize(cells, counts, failed, root, report, out)
+    # Ctrl-C and SIGTERM are noted, not raised: raised inside ray.wait, an exception surfaces
+    # as SystemError. The loop sees them within its 0.5 s wait.
+    with StopSignals() as stop:
+        try:
+            for where, cell, doing in to_run:
+                if stop.signum is not None:
+                    break
+                prepare_cell(cell)
+                log = cell.output_dir / LOG_FILE
+                size = log.stat().st_size if log.exists() else 0
+                name = f"grid {cell.model} {cell.column.name} seed{cell.seed}"
+                ref = task.options(**options, name=name).remote(
+                    list(cell.command), str(cell.output_dir), str(root), token_name, token, cwd,
+                    forwarded, threads)
+                pending[ref] = (where, cell, size)
+                print(f"{where}: {doing} (queued) -> {log}", file=out, flush=True)
+            if stop.signum is None:
+                asks = {"CPU": cpus_per_cell, "GPU": gpus_per_cell, **(resources or {})}
+                _describe(ray, len(pending), asks, out)
+            while pending and stop.signum is None:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    where, cell, size = pending.pop(ref)
+                    result = _result(ray, ref)
+                    counts["ran"] += 1
+                    attempts, seconds = _attempts(cell, size, result)
+                    if seconds:
+                        durations.append(seconds)
+                    left = _left(len(pending), durations,
+                                 _slots(ray, cpus_per_cell, gpus_per_cell, resources))
+                    summary = _finished(where, cell, result, left, out, attempts, seconds)
+                    if summary:
+                        counts["failed"] += 1
+                        failed.append(summary)
+        except KeyboardInterrupt:  # Ctrl-C where no handler could be installed (a thread)
+            stop.signum = signal.SIGINT
+        if stop.signum is not None:
+            stopped = _cancel(ray, pending)
+            not_started = len(to_run) - counts["ran"] - len(stopped)
+            return exit_status(stop.signum), interrupted(stop.signum, stopped, not_started)
+    return summarize(cells, counts, failed, root, report, out), ""
 
 
 def _describe(ray, cells: int, asks: dict, out) -> None:
@@ -339,21 +392,47 @@ def _result(ray, ref) -> dict:
                 "host": "?", "seconds": 0.0}
 
 
-def _finished(where: str, cell: Cell, result: dict, left: str, out) -> str:
-    """Prints the cell's line; ``""`` when it completed, else what failed."""
+def _attempts(cell: Cell, size: int, result: dict) -> tuple[int, float]:
+    """``(attempts, seconds)``: the cell's tries (Ray reruns a cell whose node died; each
+    try's task writes a ``Ray node`` line to ``train.log`` past ``size``, its length when the
+    cell was sent) and the time from the first one's start to the end of the last."""
+    starts = []
+    try:
+        with open(cell.output_dir / LOG_FILE, "rb") as log:
+            log.seek(size)
+            for line in log.read().decode(errors="replace").splitlines():
+                if line.startswith("=== ") and " Ray node " in line:
+                    starts.append(line.split()[1])
+    except OSError:
+        pass
+    if len(starts) < 2:
+        return 1, result["seconds"]
+    try:
+        first = datetime.datetime.fromisoformat(starts[0]).timestamp()
+    except ValueError:
+        return len(starts), result["seconds"]
+    return len(starts), max(result["seconds"], result.get("end", time.time()) - first)
+
+
+def _finished(where: str, cell: Cell, result: dict, left: str, out, attempts: int = 1,
+              seconds: Optional[float] = None) -> str:
+    """Prints the cell's line; ``""`` when it completed, else what failed. ``attempts``,
+    ``seconds``: :func:`_attempts`'s (a rerun cell's time is over all its attempts)."""
     node = f"{result['host']} {result['node'][:8]}"
+    seconds = result["seconds"] if seconds is None else seconds
+    took = (f"{seconds:.0f} s on {node}" if attempts < 2 else
+            f"{_duration(seconds)} over {attempts} attempts, the last on {node}")
     if cell.state()[0] == "done":
         code = result["code"]
         note = "" if code == 0 else f"; train.py then exited with {code}, see {LOG_FILE}"
-        print(f"{where}: {headline(cell)} ({result['seconds']:.0f} s on {node}{note}); "
-              f"{left}", file=out, flush=True)
+        print(f"{where}: {headline(cell)} ({took}{note}); {left}", file=out, flush=True)
         return ""
     if result["error"]:
         print(f"{where}: FAILED: {result['error']}; {left}", file=out, flush=True)
         return f"{cell.output_dir}: {result['error']}"
     log = cell.output_dir / LOG_FILE
     lines = "\n".join(f"      {line}" for line in tail(log, 8))
-    print(f"{where}: FAILED (exit {result['code']}, {result['seconds']:.0f} s on {node}); {left}; "
+    print(f"{where}: FAILED (exit {result['code']}, {took}); {left}; "
           f"last lines of {log}:\n{lines}", file=out, flush=True)
     return f"{cell.output_dir}: train.py exited with {result['code']} on {node}"
 
@@ -395,9 +474,9 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _cancel(ray, pending: dict) -> None:
+def _cancel(ray, pending: dict) -> list[Cell]:
     """Cancels the tasks (killing their workers and so their ``train.py``); notes it in the logs
-    of the cells that had started."""
+    of the cells that had started; returns those cells."""
     import threading
 
     def cancel_all():
@@ -417,11 +496,14 @@ def _cancel(ray, pending: dict) -> None:
     canceller.start()
     canceller.join(timeout=20)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    stopped = []
     for _, cell, size in pending.values():
         log = cell.output_dir / LOG_FILE
         try:
             if log.stat().st_size > size:  # its task wrote its first lines: it had started
                 with open(log, "a") as file:
                     file.write(f"=== {stamp} stopped by the grid runner (Ray task cancelled)\n")
+                stopped.append(cell)
         except OSError:
             pass
+    return stopped

@@ -1,5 +1,5 @@
 """What both grid runners do around the cells they run: pick the cells to run, one line per
-finished cell, the closing summary and the report; SIGTERM as an exception.
+finished cell, the closing summary and the report; the line of an interrupted grid.
 
 Shared by the local runner (:mod:`keras_softkd.grid.local`) and the Ray one
 (:mod:`keras_softkd.grid.on_ray`), so that a grid prints and ends alike wherever its
@@ -10,29 +10,45 @@ from __future__ import annotations
 
 import json
 import pathlib
-import signal
 import sys
 from typing import Sequence
 
 from keras_softkd import _io
+from keras_softkd._signals import describe
 from keras_softkd.grid.cells import CURVES_FILE, REPORT_FILE, RESULTS_FILE, Cell
 
-__all__ = ["Terminated", "headline", "install_sigterm", "summarize", "tail", "triage",
-           "write_report"]
+__all__ = ["headline", "interrupted", "summarize", "tail", "triage", "write_report"]
 
 
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so that the running cell is stopped cleanly."""
+def interrupted(signum: int, stopped: Sequence[Cell], not_started: int) -> str:
+    """The grid's one line on SIGINT or SIGTERM: the cells it stopped, the epoch each one's
+    checkpoint holds (where it resumes), the cells it did not start, how to go on.
+
+    Example:
+        >>> interrupted(15, [], 3).split("; ")[1]
+        'no cell was running, 3 not started: run the same command to resume.'
+    """
+    shown = []
+    for cell in stopped[:_SHOWN]:
+        epoch = cell.checkpoint_epoch()
+        label = f"{cell.model} {cell.column.name} seed{cell.seed}"
+        if cell.state()[0] == "done":
+            shown.append(f"{label}: finished")
+        elif epoch:
+            shown.append(f"{label}: its checkpoint holds epoch {epoch}")
+        elif epoch == 0:
+            shown.append(f"{label}: no checkpoint yet, starts again from epoch 1")
+        else:
+            shown.append(f"{label}: checkpoint unreadable")
+    more = f"; and {len(stopped) - _SHOWN} more" if len(stopped) > _SHOWN else ""
+    cells = "cell" if len(stopped) == 1 else "cells"
+    running = (f"stopped {len(stopped)} running {cells} ({'; '.join(shown)}{more})" if stopped
+               else "no cell was running")
+    return (f"python -m keras_softkd.grid: interrupted by {describe(signum)}; {running}, "
+            f"{not_started} not started: run the same command to resume.")
 
 
-def install_sigterm():
-    def terminate(signum, frame):
-        raise Terminated()
-
-    try:
-        return signal.signal(signal.SIGTERM, terminate)
-    except ValueError:  # not the main thread (e.g. inside some notebook runners)
-        return None
+_SHOWN = 4  # cells named in the line; the rest are counted
 
 
 def triage(cells: Sequence[Cell], out
