@@ -1,6 +1,7 @@
 """The grid on a Ray cluster (``--ray_address``): real two-node clusters on this machine.
 
-The clusters are Ray's own multi-node test clusters (``ray.cluster_utils.Cluster``):
+The cluster is Ray's own multi-node test cluster (``ray.cluster_utils.Cluster``), one head
+started for the file, to which each test adds and then kills its worker nodes:
 each node a real raylet with its own ports, workers and object store, every
 address on the loopback interface. Their cells are real ``train.py`` runs of a
 tiny ResNet-20 on 192 random images; the local runner's results for the same
@@ -182,31 +183,45 @@ def reference(tmp_path_factory):
     return base, data, root
 
 
-@pytest.fixture
-def ray_cluster(monkeypatch):
-    """``start(head_cpus)`` -> a started ``Cluster`` (shut down after the test)."""
+@pytest.fixture(scope="module")
+def ray_head():
+    """The head node of this file's cluster, started once (a start costs tens of CPU-seconds):
+    no CPUs, so it runs no cell; each test adds the worker nodes it needs (:func:`ray_cluster`)."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[cluster]')")
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    for name, value in ENV.items():  # the nodes (and their workers) inherit this environment
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-    clusters = []
-
-    def start(head_cpus: int) -> Cluster:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in ENV.items():  # the nodes (and their workers) inherit this environment
+            patch.setenv(name, value)
+        patch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
         cluster = Cluster(initialize_head=True, head_node_args=dict(
-            num_cpus=head_cpus, include_dashboard=False, **NODE,
+            num_cpus=0, include_dashboard=False, **NODE,
             _system_config={"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                             "health_check_failure_threshold": 3},
         ))
-        clusters.append(cluster)
-        return cluster
+        try:
+            yield cluster
+        finally:
+            cluster.shutdown()
+            ray.shutdown()
 
-    yield start
-    for cluster in clusters:
-        cluster.shutdown()
-    ray.shutdown()
+
+@pytest.fixture
+def ray_cluster(ray_head):
+    """``(cluster, add_node)``: the shared head, and ``add_node(cpus)`` adding a worker node
+    that is removed (killed) after the test."""
+    added = []
+
+    def add_node(cpus: int):
+        node = ray_head.add_node(num_cpus=cpus, **NODE)
+        added.append(node)
+        return node
+
+    yield ray_head, add_node
+    for node in added:
+        if node in ray_head.worker_nodes:
+            ray_head.remove_node(node, allow_graceful=False)
 
 
 NODE = dict(object_store_memory=80 * 2**20, node_ip_address="127.0.0.1")
@@ -215,19 +230,19 @@ NODE = dict(object_store_memory=80 * 2**20, node_ip_address="127.0.0.1")
 @pytest.mark.slow
 def test_a_two_node_cluster_runs_the_grid_like_the_local_runner(reference, ray_cluster):
     base, data, local = reference
-    cluster = ray_cluster(head_cpus=1)
-    second = cluster.add_node(num_cpus=1, **NODE)
+    cluster, add_node = ray_cluster
+    first, second = add_node(1), add_node(1)
     root = base / "ray"
     result = run_grid(grid_command(root, data, "ce,lsr", f"--ray_address={cluster.address}"))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    assert "2 cells sent to the Ray cluster (2 nodes, 2 CPUs, 0 GPUs)" in result.stdout
+    assert "2 cells sent to the Ray cluster (3 nodes, 2 CPUs, 0 GPUs)" in result.stdout  # the head
     assert "2 cells: 0 already done, 2 run, 0 failed." in result.stdout
     assert "1 left, about" in result.stdout and "0 left" in result.stdout
     assert (root / "report.md").exists()
     nodes = [ray_nodes_of(root / "resnet20" / column / "seed0") for column in ("ce", "lsr")]
     assert sorted(n for attempts in nodes for n in attempts) == sorted(
-        [cluster.head_node.node_id, second.node_id])  # one attempt each, one cell per node
+        [first.node_id, second.node_id])  # one attempt each, one cell per node
     for column in ("ce", "lsr"):
         assert_same_run(local / "resnet20" / column / "seed0", root / "resnet20" / column / "seed0")
     assert not list(root.glob(".grid-ray-*"))  # the driver's token file is gone
@@ -251,8 +266,8 @@ def _train_processes(cell_dir: pathlib.Path) -> list[int]:
 def test_a_cell_whose_node_dies_is_rerun_elsewhere_and_resumes_to_the_same_result(
         reference, ray_cluster):
     base, data, local = reference
-    cluster = ray_cluster(head_cpus=0)  # the head runs no cell: the first node must take it
-    first = cluster.add_node(num_cpus=1, **NODE)
+    cluster, add_node = ray_cluster
+    first = add_node(1)  # the head runs no cell: the first node must take it
     root = base / "killed"
     cell_dir = root / "resnet20" / "ce" / "seed0"
     driver = subprocess.Popen(
@@ -271,7 +286,7 @@ def test_a_cell_whose_node_dies_is_rerun_elsewhere_and_resumes_to_the_same_resul
             assert time.monotonic() < deadline, "train.py outlived its node"
             time.sleep(0.1)
         assert not (cell_dir / "results.json").exists(), "the cell finished before its node died"
-        second = cluster.add_node(num_cpus=1, **NODE)  # somewhere for Ray to run it again
+        second = add_node(1)  # somewhere for Ray to run it again
         output, _ = driver.communicate(timeout=240)
     finally:
         if driver.poll() is None:
@@ -313,7 +328,8 @@ def test_ctrl_c_and_sigterm_cancel_the_running_cells_and_the_next_start_goes_on(
     cell's checkpoint, 130 / 143; the third start finishes the grid."""
     import signal
 
-    cluster = ray_cluster(head_cpus=2)  # two cells at a time; the third waits
+    cluster, add_node = ray_cluster
+    add_node(2)  # two cells at a time; the third waits
     script = tmp_path / "waiting_train.py"
     script.write_text(WAITING_TRAIN)
     root = tmp_path / "runs"

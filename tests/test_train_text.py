@@ -115,7 +115,18 @@ def check_results(setup, out: pathlib.Path, task: str) -> dict:
     return results
 
 
-# -- train.py end to end (subprocesses) ------------------------------------------------------
+# -- train.py end to end (the teacher's run), and its body in process --------------------------
+
+
+def run_in_process(setup, out: pathlib.Path, **settings) -> dict:
+    """``experiment.run`` (train.py's body) with TINY's settings: a subprocess would only
+    import TensorFlow and KerasHub again."""
+    from keras_softkd import experiment
+
+    return experiment.run(ExperimentConfig(
+        model=setup["student"], data_dir=str(setup["data"]), epochs=1, batch_size=8, lr=1e-3,
+        sequence_length=16, precision="float32", output_dir=str(out), **settings,
+    ))
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +151,7 @@ def test_ce_trains_the_teacher_on_sentence_pairs(setup, teacher_run):
 @pytest.mark.slow
 def test_kd_from_a_bigger_teacher_with_its_own_tokenizer(setup, teacher_run):
     out = setup["root"] / "kd_rte"
-    result = run_train("--method=kd", "--dataset=rte", f"--model={setup['student']}",
-                       f"--teacher={teacher_run / 'model.keras'}", f"--data_dir={setup['data']}",
-                       *TINY, f"--output_dir={out}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_process(setup, out, method="kd", dataset="rte", teacher=str(teacher_run / "model.keras"))
     results = check_results(setup, out, "rte")
     assert results["teacher_model"] == "bert_teacher"
     assert results["teacher_logits"].startswith("computed once")
@@ -155,11 +163,9 @@ def test_kd_from_a_bigger_teacher_with_its_own_tokenizer(setup, teacher_run):
 @pytest.mark.xdist_group("text_presets")
 @pytest.mark.slow
 @pytest.mark.parametrize("method,task", [("lsr", "cola"), ("pseudo_kd", "mnli")])
-def test_a_method_on_a_task_through_train_py(setup, method, task):
+def test_a_method_on_a_task(setup, method, task):
     out = setup["root"] / f"{method}_{task}"
-    result = run_train(f"--method={method}", f"--dataset={task}", f"--model={setup['student']}",
-                       f"--data_dir={setup['data']}", *TINY, f"--output_dir={out}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_process(setup, out, method=method, dataset=task)
     results = check_results(setup, out, task)
     if method == "pseudo_kd":  # P's Appendix C: alpha 0.1, MNLI's beta 2
         assert (results["hyperparameters"]["alpha"], results["hyperparameters"]["beta"]) == (0.1, 2.0)
@@ -175,15 +181,9 @@ def test_a_method_on_a_task_through_train_py(setup, method, task):
                                          ("qnli", "kd")])
 def test_every_task_format(setup, tmp_path, task, method):
     """The other four tasks in process; KD here from the teacher's preset directory."""
-    from keras_softkd import experiment
-
     out = tmp_path / task
     teacher = {"teacher": setup["teacher"]} if method == "kd" else {}
-    experiment.run(ExperimentConfig(
-        method=method, dataset=task, model=setup["student"], data_dir=str(setup["data"]),
-        epochs=1, batch_size=8, lr=1e-3, sequence_length=16, output_dir=str(out), **teacher,
-        precision="float32",  # as TINY
-    ))
+    run_in_process(setup, out, method=method, dataset=task, **teacher)
     results = check_results(setup, out, task)
     if method == "kd":
         assert results["teacher_model"] == "bert_teacher" and "teacher_logits" in results
