@@ -14,8 +14,9 @@ Four subcommands, three places::
     # here, once per checkout (CPU): CIFAR-10 as lossless WebP parts and Keras as wheels
     .venv/bin/python benchmarks/gpu_fidelity.py prepare --data_dir=DIR
     # on the device machine, two calls on the same warm machine (the data travels in two parts):
-    python3 benchmarks/gpu_fidelity.py device        # carry .gpu_fidelity/wheels, .gpu_fidelity/data/part1
-    python3 benchmarks/gpu_fidelity.py device        # carry .gpu_fidelity/data/part2, .gpu_fidelity/resume
+    python3 benchmarks/gpu_fidelity.py device   # carry .gpu_fidelity/data/part1
+    python3 benchmarks/gpu_fidelity.py device   # carry .gpu_fidelity/data/part2, .gpu_fidelity/wheels,
+                                                #       .gpu_fidelity/resume
     # here, on what came back: results into the repository, checkpoints kept for the next session
     .venv/bin/python benchmarks/gpu_fidelity.py collect FILES_AT
     .venv/bin/python benchmarks/gpu_fidelity.py report              # report.md again
@@ -590,17 +591,20 @@ def prepare(args) -> int:
                   f"{' '.join(pins)} (needs PyPI).", file=sys.stderr)
             return 1
         log(f"{wheels}: {', '.join(sorted(p.name for p in wheels.glob('*.whl')))}")
-    parts = sorted((work / "data").glob("part*"))
-    log("\nThe device calls (the second at once, on the same warm machine):")
+    parts = sorted((work / "data").glob("part*"), key=lambda part: int(part.name[4:]))
+    log("\nThe device calls, each as soon as the one before returns (same warm machine); the last "
+        "carries the wheels and the checkpoints too:")
+    tree = _tree_size()
     for number, part in enumerate(parts, 1):
-        carry = ([work / "wheels"] if number == 1 else []) + [part]
-        if number == len(parts):
-            carry.append(work / "resume")
-        size = sum(_size(c) for c in carry) + _tree_size()
+        carry = [part] + ([work / "wheels", work / "resume"] if number == len(parts) else [])
+        size = sum(_size(c) for c in carry) + tree
         names = [str(c.relative_to(ROOT)) if c.is_relative_to(ROOT) else str(c) for c in carry]
-        log(f"  {number}. run(command='python3 benchmarks/gpu_fidelity.py device', "
-            f"carry={json.dumps(names)}, "
-            f"timeout_s={540 if number == len(parts) else 180})   # about {size / 2**20:.0f} MiB")
+        log(f"  {number}. run(command=\"python3 benchmarks/gpu_fidelity.py device\", "
+            f"carry={json.dumps(names)}, timeout_s={540 if number == len(parts) else 180})"
+            f"   # {size / 2**20:.1f} MiB with the working tree")
+        if size > 60 * 2**20:
+            log(f"     warning: over 60 MiB of the 64 the device takes: prepare again with a "
+                f"smaller --part_mib (three calls)")
     return 0
 
 
