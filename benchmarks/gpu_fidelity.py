@@ -34,8 +34,10 @@ Decisions (sizes measured 2026-12-08 on the project's CIFAR-10 files):
   ``.npz`` files and checks their SHA-256 against the source's: the device trains on exactly
   the files of here.
 * **No TensorFlow there**: on JAX ``train.py`` reads through the NumPy ``PyDataset`` pipeline
-  (``keras_softkd.data.py_dataset``); Keras, namex and optree travel as wheels (``prepare``
-  downloads them for Python 3.12), installed with ``pip --target`` into the stage folder.
+  (``keras_softkd.data.py_dataset``), which on a GPU ships uint8 batches and leaves the crop,
+  flip and normalisation to the GPU (``augment_on="device"``); Keras, namex and optree travel as
+  wheels (``prepare`` downloads them for Python 3.12), installed with ``pip --target`` into the
+  stage folder.
 * **Time budget**: ``device`` stops the grid ``--reserve`` seconds before ``--budget`` (SIGTERM,
   also on its own SIGTERM): ``train.py`` writes its checkpoint atomically at every epoch's end,
   so a stopped cell loses at most the epoch it was in. Then it packs the results, the unfinished
@@ -603,8 +605,8 @@ def prepare(args) -> int:
             f"carry={json.dumps(names)}, timeout_s={540 if number == len(parts) else 180})"
             f"   # {size / 2**20:.1f} MiB with the working tree")
         if size > 60 * 2**20:
-            log(f"     warning: over 60 MiB of the 64 the device takes: prepare again with a "
-                f"smaller --part_mib (three calls)")
+            log("     warning: over 60 MiB of the 64 the device takes: prepare again with a "
+                "smaller --part_mib (three calls)")
     return 0
 
 
@@ -664,7 +666,11 @@ def device(args) -> int:
     env = dict(os.environ, KERAS_BACKEND="jax", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2",
                XLA_PYTHON_CLIENT_PREALLOCATE="false")  # several processes share the GPU
     paths = [str(ROOT)]
-    site = _install_wheels(work / "wheels", stage / "site")
+    try:
+        site = _install_wheels(work / "wheels", stage / "site")
+    except subprocess.CalledProcessError as error:
+        log(f"gpu_fidelity.py device: error: pip could not install the carried wheels ({error})")
+        return 2
     if site:
         paths.insert(0, str(site))
         sys.path.insert(0, str(site))
@@ -719,8 +725,10 @@ def device(args) -> int:
     os.environ["KERAS_BACKEND"] = "jax"  # the report imports keras_softkd (Keras)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    text = write_report(root)
-    (out / "report.md").write_text(text)
+    try:
+        (out / "report.md").write_text(write_report(root))
+    except Exception as error:  # the results go back all the same
+        log(f"the report failed: {error!r}")
     (out / "session.json").write_text(json.dumps(session, indent=2))
     files = pack_results(root, out, since=wall_start)
     log(f"\n{w_table(root)}\n\nwrote {', '.join(f.name for f in files)}, report.md, session.json, "
