@@ -11,6 +11,12 @@ loses). Designs:
 * ``per_example`` -- pad + ``stateless_random_crop`` + ``stateless_random_flip``
   in a parallel ``map`` before ``.batch()``.
 * ``no_augment`` -- shuffle and normalise only (the floor).
+* ``pydataset`` -- ``keras_softkd.data.TrainPyDataset`` (the JAX and PyTorch pipeline), its
+  batches made one after another in this thread: shuffle, gather, pad-crop-flip and normalise in
+  NumPy.
+* ``pydataset_device_share`` -- the same with ``augment_on="device"``, the device's part left
+  out: what the host does when the accelerator crops, flips and normalises (the uint8 rows and
+  the draws).
 
 Usage:
     python benchmarks/input_pipeline.py --data_dir=/path/to/data --repeats=5 \
@@ -46,7 +52,40 @@ DESIGNS = {
     "no_augment": lambda x, y, args: data.train_dataset(
         x, y, dataset="cifar10", batch_size=args.batch_size, seed=0, augment=False
     ),
+    "pydataset": lambda x, y, args: _batches(data.TrainPyDataset(
+        x, y, dataset="cifar10", batch_size=args.batch_size, seed=0)),
+    "pydataset_device_share": lambda x, y, args: _batches(_without_device(data.TrainPyDataset(
+        x, y, dataset="cifar10", batch_size=args.batch_size, seed=0, augment_on="device"))),
 }
+
+
+class _Batches:
+    """One epoch of a PyDataset's batches, made in order when iterated (again each time)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __iter__(self):
+        return (self.dataset[i] for i in range(self.dataset.steps_per_epoch))
+
+
+def _batches(dataset) -> _Batches:
+    return _Batches(dataset)
+
+
+class _NoDevice:
+    """Stands in for the device's crop, flip and normalisation: hands the uint8 batch back."""
+
+    def augment(self, images, offsets, flips):
+        return images
+
+    def normalize(self, images):
+        return images
+
+
+def _without_device(dataset):
+    dataset._device = _NoDevice()
+    return dataset
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def time_epoch(dataset: tf.data.Dataset) -> tuple[int, float, float]:
+def time_epoch(dataset) -> tuple[int, float, float]:
     """(images, wall seconds, process CPU seconds) of one full pass."""
     count = 0
     wall, cpu = time.perf_counter(), time.process_time()
@@ -110,10 +149,10 @@ def main(argv=None) -> dict:
         "tensorflow": tf.__version__,
         "results": results,
     }
-    print(f"{'design':<12} {'images/s (median)':>18} {'min':>9} {'max':>9} "
+    print(f"{'design':<24} {'images/s (median)':>18} {'min':>9} {'max':>9} "
           f"{'CPU s / 1k images':>18}")
     for name, row in results.items():
-        print(f"{name:<12} {row['images_per_s_median']:>18,.0f} {min(row['images_per_s_all']):>9,.0f} "
+        print(f"{name:<24} {row['images_per_s_median']:>18,.0f} {min(row['images_per_s_all']):>9,.0f} "
               f"{max(row['images_per_s_all']):>9,.0f} {row['cpu_s_per_1k_images_median']:>18.3f}")
     output = pathlib.Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -234,6 +234,27 @@ def test_fit_reads_the_stream_in_order_including_a_resumed_run(workers):
     assert_same_batches(resumed, seen[3:])
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="Keras's JAX trainer reads one batch ahead")
+@pytest.mark.parametrize("augment_on", ["host", "device"])
+def test_fit_on_an_accelerator_reads_one_batch_past_the_stream(monkeypatch, augment_on):
+    """On a GPU Keras's JAX trainer asks for the batch after the one it runs, so after the
+    stream's last batch it asks for batch len(ds): served (the first of epoch `epochs`,
+    dropped), and the fit ends as on a CPU."""
+    import jax
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # Keras's test for look-ahead
+    images, labels = random_images(20, 4), np.arange(20) % 10
+    ds = TrainPyDataset(images, labels, dataset="cifar10", batch_size=8, seed=2, epochs=2,
+                        augment_on=augment_on)
+    model = Recording()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    model.fit(ds, epochs=2, steps_per_epoch=ds.steps_per_epoch, verbose=0, shuffle=False)
+    assert len(model.batches) == len(ds) == 6
+    past = TrainPyDataset(images, labels, dataset="cifar10", batch_size=8, seed=2, first_epoch=2,
+                          epochs=3)
+    _assert_close_batches([ds[len(ds)]], [past[0]])
+
+
 def test_eval_batches_in_order_and_evaluate():
     images, labels = random_images(10, 1), np.arange(10)
     ds = EvalPyDataset(images, labels, dataset="cifar10", batch_size=4)
@@ -301,6 +322,114 @@ def test_eval_padding_to_the_devices_counts_every_example_once():
 
 
 # ---------------------------------------------------------------------------
+# augment_on="device": the host's draws, applied to uint8 batches by the backend
+# ---------------------------------------------------------------------------
+
+
+def test_device_kernel_crops_and_flips_exactly_and_normalises():
+    from keras_softkd.data.device_augment import DeviceAugmenter, crop_flip_normalize
+
+    images = random_images(40, 5)
+    offsets, flips = py_dataset.draw_augmentation(np.random.default_rng(1), 40)
+    offsets[:4], flips[:4] = [[0, 0], [8, 8], [0, 8], [8, 0]], [True, False, True, False]
+    one, zero = np.ones(3, np.float32), np.zeros(3, np.float32)
+    pixels = keras.ops.convert_to_numpy(crop_flip_normalize(images, offsets, flips, one, zero))
+    np.testing.assert_array_equal(pixels, py_dataset.crop_and_flip(images, offsets, flips))
+    normalised = keras.ops.convert_to_numpy(DeviceAugmenter("cifar100").augment(images, offsets, flips))
+    assert normalised.dtype == np.float32
+    host = py_dataset.normalize(py_dataset.crop_and_flip(images, offsets, flips), "cifar100")
+    np.testing.assert_allclose(normalised, host, rtol=0, atol=4e-7)  # float32 rounding (an FMA)
+
+
+def _device_and_host(cls, **kwargs):
+    return [[cls(**kwargs, augment_on=where)[i] for i in range(len(cls(**kwargs)))]
+            for where in ("device", "host")]
+
+
+def _assert_close_batches(device, host):
+    """Same structure; images equal to float32 rounding, everything else exactly."""
+    assert len(device) == len(host)
+    for got, want in zip(device, host):
+        got = keras.tree.map_structure(keras.ops.convert_to_numpy, got)
+        for a, b in zip(keras.tree.flatten(got), keras.tree.flatten(want)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            if b.dtype == np.float32 and b.ndim == 4:
+                np.testing.assert_allclose(a, b, rtol=0, atol=4e-7)
+            else:
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["labels", "no_augment", "indices", "pairs", "eval"])
+def test_device_batches_equal_the_host_batches_for_a_seed(kind):
+    """The same draws (offsets, flips, partners) for each (seed, epoch, batch): the device's
+    batches are the host's, pixel for pixel, labels and indices exactly."""
+    images, labels = coordinate_images(50), np.arange(50) % 10
+    common = dict(x=images, y=labels, dataset="cifar10", batch_size=16)
+    train = dict(common, seed=4, first_epoch=1, epochs=3)
+    if kind == "eval":
+        device, host = _device_and_host(EvalPyDataset, **common, batch_multiple=4)  # padded
+    elif kind == "pairs":
+        device, host = _device_and_host(py_dataset.TrainPairsPyDataset, **train)
+    else:
+        device, host = _device_and_host(TrainPyDataset, **train, augment=kind != "no_augment",
+                                        with_indices=kind == "indices")
+    _assert_close_batches(device, host)
+    if kind == "labels":  # the crops read back from the device's pixels are the host's draws
+        pixels = np.round(denormalize(keras.ops.convert_to_numpy(device[0][0]))).astype(np.uint8)
+        rows, columns, flips = recover_parameters(pixels)
+        ds = TrainPyDataset(**train)
+        offsets, drawn = py_dataset.draw_augmentation(py_dataset.batch_rng(4, 1, 0), 16)
+        np.testing.assert_array_equal(np.stack([rows, columns], 1), offsets)
+        np.testing.assert_array_equal(flips, drawn)
+        np.testing.assert_array_equal(device[0][1], labels[ds.indices(1, 0)])
+
+
+def test_fit_reads_device_batches_in_order():
+    images, labels = random_images(20, 4), np.arange(20) % 10
+    kwargs = dict(dataset="cifar10", batch_size=8, seed=2, epochs=2)
+    ds = TrainPyDataset(images, labels, **kwargs, workers=2, augment_on="device")
+    model = Recording()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    model.fit(ds, epochs=2, steps_per_epoch=ds.steps_per_epoch, verbose=0, shuffle=False)
+    ds.close()
+    _assert_close_batches(model.batches, stream(TrainPyDataset(images, labels, **kwargs)))
+
+
+def test_augment_where_auto_is_the_device_only_on_a_jax_accelerator(monkeypatch):
+    from keras_softkd.data.inputs import augment_where
+
+    assert [augment_where("auto", b) for b in ("tensorflow", "torch")] == ["host", "host"]
+    assert augment_where("device", "torch") == "device" and augment_where("host", "jax") == "host"
+    jax = pytest.importorskip("jax")
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert augment_where("auto", "jax") == "host"  # on a CPU the NumPy pipeline, unchanged
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert augment_where("auto", "jax") == "device"
+    assert augment_where("auto", "jax", batch_multiple=2) == "host"  # keras.distribution shards
+    images, labels = random_images(8, 0), np.arange(8)
+    stream_, _ = data.training_input(images, labels, dataset="cifar10", batch_size=4, seed=0,
+                                     first_epoch=0, epochs=1, backend="jax")
+    assert stream_.augment_on == "device"
+    evaluation = data.evaluation_input(images, labels, dataset="cifar10", batch_size=4, backend="jax")
+    assert evaluation.augment_on == "device"
+
+
+def test_augment_on_errors():
+    from keras_softkd.data.inputs import augment_where
+
+    images, labels = random_images(4, 0), np.arange(4)
+    with pytest.raises(ValueError, match=r"`augment_on` must be one of \['host', 'device'\]; got augment_on='gpu'"):
+        TrainPyDataset(images, labels, dataset="cifar10", batch_size=2, seed=0, augment_on="gpu")
+    with pytest.raises(ValueError, match="use_multiprocessing=True would do it from forked processes"):
+        EvalPyDataset(images, labels, dataset="cifar10", batch_size=2, use_multiprocessing=True,
+                      augment_on="device")
+    with pytest.raises(ValueError, match=r"must be one of \['auto', 'host', 'device'\]"):
+        augment_where("cpu", "jax")
+    with pytest.raises(ValueError, match="on TensorFlow tf.data augments in its own graph"):
+        augment_where("device", "tensorflow")
+
+
+# ---------------------------------------------------------------------------
 # Choosing by backend, imports, errors
 # ---------------------------------------------------------------------------
 
@@ -365,12 +494,18 @@ def test_argument_errors():
                        r"batch_multiple=8 devices"):
         TrainPyDataset(images, labels, dataset="cifar10", batch_size=8, seed=0, batch_multiple=8)
     ds = TrainPyDataset(images, labels, epochs=2, **train)
+    ds[4]  # one past the stream: Keras's look-ahead on an accelerator (test_fit_on_an_accelerator_...)
     with pytest.raises(IndexError, match=r"past the stream of epochs 0 \.\. 1 \(4 batches\).*steps_per_epoch=2"):
-        ds[4]
+        ds[5]
     with pytest.raises(IndexError):
         EvalPyDataset(images, labels, dataset="cifar10", batch_size=3)[2]
 
 
 def test_docstring_examples():
+    from keras_softkd.data import device_augment, info, inputs
+
     result = doctest.testmod(py_dataset)
     assert result.attempted >= 5 and result.failed == 0
+    for module in (device_augment, inputs, info):
+        result = doctest.testmod(module)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__

@@ -72,3 +72,30 @@ def get(dataset: str) -> DatasetInfo:
         raise ValueError(
             f"`dataset` must be one of {sorted(DATASETS)}; got dataset={dataset!r}."
         ) from None
+
+
+_NORMALIZATION: dict = {}
+
+
+def normalization(dataset: str):
+    """``(scale, shift)``, float32 arrays of the 3 channels: a uint8 image ``x`` normalised,
+    ``(x / 255 - mean) / std``, is ``x * scale + shift`` (the NumPy pipeline's and the device
+    augmentation's constants).
+
+    Example:
+        >>> from keras_softkd.data import info
+        >>> scale, shift = info.normalization("cifar10")
+        >>> scale.dtype.name, [round(float(v), 4) for v in shift]
+        ('float32', [-1.9895, -1.9803, -1.7068])
+    """
+    if dataset not in _NORMALIZATION:
+        import numpy as np
+
+        meta = get(dataset)
+        mean = np.asarray(meta.mean, np.float64)
+        std = np.asarray(meta.std, np.float64)
+        _NORMALIZATION[dataset] = (
+            (1.0 / (255.0 * std)).astype(np.float32),
+            (-mean / std).astype(np.float32),
+        )
+    return _NORMALIZATION[dataset]

@@ -18,6 +18,14 @@ worker computes a batch, or when. :class:`TrainPyDataset` is, like
 initial_epoch=first_epoch)``: a run resumed at epoch ``e`` sees exactly the
 batches an uninterrupted run sees.
 
+Where: ``augment_on="host"`` (the default) does all of this in NumPy;
+``augment_on="device"`` draws the same offsets and flips on the host and
+leaves the crop, the flip and the normalisation of the uint8 batch to the
+backend's device (:mod:`keras_softkd.data.device_augment`, compiled on JAX),
+so the host gathers uint8 rows and ships a quarter of the bytes.
+:func:`keras_softkd.data.training_input` chooses ``"device"`` on JAX when its
+default device is not the CPU.
+
 Parallelism: ``workers > 1`` prepares the next batches ahead in a pool of
 threads (NumPy releases the GIL in the gather and the arithmetic) or, with
 ``use_multiprocessing=True``, of processes. The pool lives inside the dataset;
@@ -51,9 +59,13 @@ from keras_softkd.data._arrays import checked_arrays as _checked_arrays
 from keras_softkd.data._arrays import class_members
 from keras_softkd.data._arrays import positive_int as _positive_int
 from keras_softkd.data._arrays import seed_value as _seed_value
+from keras_softkd.data.device_augment import DeviceAugmenter
 
 PAD = 4
 SIZE = 32
+#: Where a batch is augmented and normalised: in NumPy on the host, or by
+#: :class:`~keras_softkd.data.device_augment.DeviceAugmenter` on the backend's device.
+AUGMENT_ON = ("host", "device")
 
 # Stream identifiers of the seed sequences (any fixed, distinct integers).
 _ORDER, _AUGMENT = 11, 12
@@ -147,11 +159,23 @@ class _PrefetchingPyDataset(keras.utils.PyDataset):
     """
 
     def __init__(
-        self, x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size, batch_multiple
+        self, x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size, batch_multiple,
+        augment_on="host",
     ):
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.images, self.labels = _checked_arrays(x, y, dataset)
         self.dataset = dataset
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(
+                f"`augment_on` must be one of {list(AUGMENT_ON)}; got augment_on={augment_on!r}."
+            )
+        if augment_on == "device" and use_multiprocessing:
+            raise ValueError(
+                "augment_on='device' hands batches to the backend's device from threads; "
+                "use_multiprocessing=True would do it from forked processes: choose one."
+            )
+        self.augment_on = augment_on
+        self._device = DeviceAugmenter(dataset) if augment_on == "device" else None
         self.batch_size = _positive_int("batch_size", batch_size)
         self.batch_multiple = _positive_int("batch_multiple", batch_multiple)
         if self.batch_size % self.batch_multiple:
@@ -166,11 +190,26 @@ class _PrefetchingPyDataset(keras.utils.PyDataset):
         self._pending: dict[int, futures.Future] = {}
         self._lock = threading.Lock()
 
+    #: How many batches past ``len(self)`` ``__getitem__`` serves (:class:`TrainPyDataset`: 1).
+    read_past_end = 0
+
     def __len__(self) -> int:
         raise NotImplementedError
 
     def make(self, index: int):
         raise NotImplementedError
+
+    def _finish(self, images: np.ndarray, rng: np.random.Generator | None):
+        """uint8 images -> the float32 batch: padded, cropped and flipped with ``rng``'s draws (none
+        without ``rng``), normalised; in NumPy, or on the backend's device (``augment_on``)."""
+        if self._device is None:
+            if rng is not None:
+                images = augment_batch(images, rng)
+            return normalize(images, self.dataset)
+        if rng is None:
+            return self._device.normalize(images)
+        offsets, flips = draw_augmentation(rng, len(images))  # augment_batch's draws
+        return self._device.augment(images, offsets, flips)
 
     def __getitem__(self, index: int):
         index = self._checked_index(index)
@@ -181,7 +220,8 @@ class _PrefetchingPyDataset(keras.utils.PyDataset):
             # Batches before `index` were consumed or skipped: drop them.
             for stale in [i for i in self._pending if i < index]:
                 self._pending.pop(stale).cancel()
-            for ahead in range(index, min(index + 1 + self.prefetch_depth, len(self))):
+            stop = min(index + 1 + self.prefetch_depth, len(self) + self.read_past_end)
+            for ahead in range(index, stop):
                 if ahead not in self._pending:
                     if self.prefetch_processes:  # the worker's copy of the dataset makes it
                         self._pending[ahead] = pool.submit(_make_in_worker, ahead)
@@ -221,7 +261,7 @@ class _PrefetchingPyDataset(keras.utils.PyDataset):
     def _checked_index(self, index) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"Batch indices are integers; got {index!r}.")
-        if not 0 <= index < len(self):
+        if not 0 <= index < len(self) + self.read_past_end:
             raise IndexError(self._index_error(int(index)))
         return int(index)
 
@@ -230,7 +270,7 @@ class _PrefetchingPyDataset(keras.utils.PyDataset):
 
     def __getstate__(self):  # the pool and the lock stay in the parent
         state = dict(self.__dict__)
-        state.update(_pool=None, _pending={}, _lock=None)
+        state.update(_pool=None, _pending={}, _lock=None, _device=None)  # no device there
         return state
 
     def __setstate__(self, state):
@@ -295,6 +335,11 @@ class TrainPyDataset(_PrefetchingPyDataset):
             devices each batch is split over); ``batch_size`` must be one.
         with_indices: batches ``(images, {"labels": y, "index": i})``, ``i``
             (int32) each example's row in ``x`` (for a per-example table, PS-KD).
+        augment_on: ``"host"``, crop, flip and normalisation in NumPy (images
+            are NumPy arrays); ``"device"``, the same draws applied to the uint8
+            images by :class:`~keras_softkd.data.device_augment.DeviceAugmenter`
+            on the backend's device (images are tensors of the backend; the
+            pixels equal the host's, the values to float32 rounding).
 
     Example:
         >>> import numpy as np
@@ -325,9 +370,11 @@ class TrainPyDataset(_PrefetchingPyDataset):
         max_queue_size: int = 10,
         batch_multiple: int = 1,
         with_indices: bool = False,
+        augment_on: str = "host",
     ):
         super().__init__(
-            x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size, batch_multiple
+            x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size, batch_multiple,
+            augment_on,
         )
         self.with_indices = bool(with_indices)
         self.seed = _seed_value(seed)
@@ -356,6 +403,11 @@ class TrainPyDataset(_PrefetchingPyDataset):
         """Batches per epoch, ``ceil(examples_per_epoch / batch_size)``: ``fit``'s ``steps_per_epoch``."""
         return math.ceil(self.examples_per_epoch / self.batch_size)
 
+    #: Keras's JAX trainer on an accelerator reads one batch ahead of the step it runs (Keras
+    #: 3.15, ``_one_batch_ahead_iterator``): after the stream's last batch it asks for batch
+    #: ``len(self)`` and drops it. That one (the first of epoch ``epochs``) is served.
+    read_past_end = 1
+
     @property
     def num_batches(self):
         return None  # one stream over epochs: fit must not restart or shuffle it
@@ -380,10 +432,8 @@ class TrainPyDataset(_PrefetchingPyDataset):
     def make(self, index: int):
         epoch, batch = self.position(index)
         chosen = self.indices(epoch, batch)
-        images = self.images[chosen]
-        if self.augment:
-            images = augment_batch(images, batch_rng(self.seed, epoch, batch))
-        return normalize(images, self.dataset), self._targets(chosen)
+        rng = batch_rng(self.seed, epoch, batch) if self.augment else None
+        return self._finish(self.images[chosen], rng), self._targets(chosen)
 
     def _targets(self, chosen: np.ndarray):
         """The labels of ``chosen``, or ``{"labels": ..., "index": chosen}`` (int32) ``with_indices``."""
@@ -450,9 +500,7 @@ class TrainPairsPyDataset(TrainPyDataset):
         anchors, labels = super().make(index)
         rng = partner_rng(self.seed, *self.position(index))
         partners = self.images[draw_partners(labels, self.members, rng)]
-        if self.augment:
-            partners = augment_batch(partners, rng)
-        return {"images": anchors, "partners": normalize(partners, self.dataset)}, labels
+        return {"images": anchors, "partners": self._finish(partners, rng if self.augment else None)}, labels
 
 
 class EvalPyDataset(_PrefetchingPyDataset):
@@ -488,9 +536,11 @@ class EvalPyDataset(_PrefetchingPyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
         batch_multiple: int = 1,
+        augment_on: str = "host",
     ):
         super().__init__(
-            x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size, batch_multiple
+            x, y, dataset, batch_size, workers, use_multiprocessing, max_queue_size, batch_multiple,
+            augment_on,
         )
         last_batch = len(self.images) - (len(self) - 1) * self.batch_size
         self.padding = -last_batch % self.batch_multiple
@@ -501,28 +551,18 @@ class EvalPyDataset(_PrefetchingPyDataset):
     def make(self, index: int):
         chosen = np.arange(index * self.batch_size, min((index + 1) * self.batch_size, len(self.images)))
         if not self.padding:
-            return normalize(self.images[chosen], self.dataset), self.labels[chosen]
+            return self._finish(self.images[chosen], None), self.labels[chosen]
         weights = np.ones(len(chosen), np.float32)
         if index == len(self) - 1:
             chosen = np.concatenate([chosen, np.full(self.padding, chosen[0])])
             weights = np.concatenate([weights, np.zeros(self.padding, np.float32)])
-        return normalize(self.images[chosen], self.dataset), self.labels[chosen], weights
+        return self._finish(self.images[chosen], None), self.labels[chosen], weights
 
 
 # ---------------------------------------------------------------------------
 # Helpers (the same checks and messages as the tf.data pipeline's)
 # ---------------------------------------------------------------------------
 
-_NORMALIZATION: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
 
 def _normalization(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    if dataset not in _NORMALIZATION:
-        info = _info.get(dataset)
-        mean = np.asarray(info.mean, np.float64)
-        std = np.asarray(info.std, np.float64)
-        _NORMALIZATION[dataset] = (
-            (1.0 / (255.0 * std)).astype(np.float32),
-            (-mean / std).astype(np.float32),
-        )
-    return _NORMALIZATION[dataset]
+    return _info.normalization(dataset)
