@@ -56,7 +56,8 @@ def skip_reason(page: str, block: str):
                 "executes the notebooks themselves")
     if "benchmarks/" in block and re.search(r"benchmarks/\w+\.(py|sh)", block):
         return ("runs a benchmark for minutes (each prints a timing table); benchmarks/README.md "
-                "records their runs; tests/test_backends.py runs gpu_backends.sh, shrunk")
+                "records their runs; tests/test_backends.py runs gpu_backends.sh, shrunk, and "
+                "tests/test_gpu_fidelity.py gpu_fidelity.py's device command on a tiny queue")
     if ".[bench]" in block:
         return "installs PyTorch for the benchmarks only"
     return None
