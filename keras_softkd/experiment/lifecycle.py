@@ -17,7 +17,8 @@ The image protocol (:mod:`keras_softkd.experiment.image`) and the GLUE text prot
 Output directory::
 
     results.json        method, hyper-parameters (the precisions resolved), precision_requested
-                        and precision_reason, test_error/top5/nll/ece, speed, versions
+                        and precision_reason, test_error/top5/nll/ece, speed, environment
+                        (TensorFlow's oneDNN switch and who set it), versions
     history.csv         one row per epoch (Keras CSVLogger)
     model.keras         the trained student
     model_best.keras    with --keep_best: the student at its best held-out accuracy
