@@ -67,6 +67,8 @@ def machine() -> dict:
 
     return {
         "processor": _processor_name(),
+        "cpu_flags": cpu_flags(),
+        "isa_environment": {name: os.environ.get(name, "(unset)") for name in ISA_VARIABLES},
         "cpu_count": os.cpu_count(),
         "available_cores": available_cores(),
         "platform": platform.platform(),
@@ -91,6 +93,25 @@ def _devices() -> list[str]:
         import torch
 
         return ["cuda:0"] if torch.cuda.is_available() else ["cpu"]
+
+
+#: The processor features that decide which kernels TensorFlow, oneDNN and PyTorch run.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+#: Settings that change those kernels: TensorFlow's oneDNN switch, oneDNN's and PyTorch's ISA caps.
+ISA_VARIABLES = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`ISA_FLAGS` the processor has (``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in ISA_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
 
 
 def _processor_name() -> str:

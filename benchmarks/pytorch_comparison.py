@@ -59,9 +59,16 @@ TensorFlow, without ``fit``): where the difference between the frameworks
 lies, and what ``fit`` itself costs.
 
 Settings to diagnose with: ``--tf_intra_threads``/``--tf_inter_threads`` set
-``tf.config.threading`` before anything runs; TensorFlow's oneDNN is on by
-default on x86 Linux and is switched off with ``TF_ENABLE_ONEDNN_OPTS=0`` in
-the environment (recorded in the JSON).
+``tf.config.threading`` before anything runs; TensorFlow's oneDNN kernels are
+on (``keras_softkd`` sets ``TF_ENABLE_ONEDNN_OPTS=1`` where it is unset, as
+for ``train.py``) and are switched off with ``TF_ENABLE_ONEDNN_OPTS=0`` in the
+environment; ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``ATEN_CPU_CAPABILITY=avx2``
+emulate an AVX2-only processor on an AVX-512 one (all recorded in the JSON,
+with the processor's flags).
+
+PyTorch is imported first, before TensorFlow (torch 2.14 segfaults when
+``torch._dynamo`` is imported after TensorFlow), so the torch the environment
+has runs it.
 
 On a machine with more runnable threads than cores (other jobs running),
 PyTorch's OpenMP threads busy-wait at every barrier and its step can become
@@ -391,8 +398,10 @@ class KerasLoop:
 
 
 def configure_threads(args) -> dict:
-    import tensorflow as tf
     import torch
+    import tensorflow as tf
+
+    from keras_softkd._onednn import onednn_record
 
     torch.set_num_threads(args.torch_threads or _timing.available_cores())
     if args.tf_intra_threads is not None:
@@ -404,7 +413,7 @@ def configure_threads(args) -> dict:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),  # 0 = TF's default
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset: on)"),
+        "TF_ENABLE_ONEDNN_OPTS": onednn_record(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
     }
@@ -681,10 +690,12 @@ def breakdown_table(times: dict):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc)
+    import torch  # before TensorFlow (imported by Keras in machine()): see the module's docstring
+
+    import keras_softkd  # noqa: F401  (before TensorFlow: its oneDNN default, as train.py runs)
+
     machine = _timing.machine()
     threads = configure_threads(args)
-    import torch
-
     machine["torch"] = torch.__version__
     if args.real_data_dir:
         return real_protocol(args, started, machine, threads)

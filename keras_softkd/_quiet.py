@@ -11,7 +11,9 @@ with that first query and file descriptor 2 sent to a temporary file; if they
 fail, what they wrote is shown with the error. ``KERAS_SOFTKD_TF_LOGS=1`` shows
 the lines again.
 
-``import keras_softkd`` runs :func:`quiet_startup` and imports nothing heavier, so
+``import keras_softkd`` runs :func:`quiet_startup` (which also sets TensorFlow's
+oneDNN default before TensorFlow loads: :mod:`keras_softkd._onednn`) and imports
+nothing heavier, so
 ``train.py`` checks its flags before TensorFlow loads.
 
 JAX without an accelerator plugin probes for a TPU on its first
@@ -33,6 +35,8 @@ import os
 import sys
 import tempfile
 from typing import Iterator
+
+from keras_softkd._onednn import default_onednn
 
 #: Set to 1 to see TensorFlow's start-up lines (debugging a driver or a device).
 SHOW_LOGS = "KERAS_SOFTKD_TF_LOGS"
@@ -63,8 +67,10 @@ def quiet_stderr() -> Iterator[None]:
 
 def quiet_startup() -> None:
     """What ``import keras_softkd`` runs: JAX on the CPU alone where it has nothing else to
-    probe, and TensorFlow's import quiet whenever it comes."""
+    probe, TensorFlow's oneDNN kernels on x86-64 unless the user says otherwise
+    (:mod:`keras_softkd._onednn`), and TensorFlow's import quiet whenever it comes."""
     _jax_on_cpu_only()
+    default_onednn(_keras_backend())
     quiet_tensorflow_imports()
 
 

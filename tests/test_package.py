@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 
@@ -232,14 +233,49 @@ def test_the_flags_modules_import_no_keras_and_the_package_imports_tensorflow_qu
         "heavy = sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules))\n"
         "assert not heavy, heavy\n"
         "keras_softkd.config.ExperimentConfig(method='mrkd', model='resnet56').resolved\n"
-        "import keras_softkd\n"
+        "import keras_softkd, os\n"
         "print(keras_softkd.MrKDModel.__name__, 'tensorflow' in sys.modules)\n"
+        "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))\n"
     )
     env = {key: value for key, value in os.environ.items()
-           if key not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_SOFTKD_TF_LOGS")}
+           if key not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_SOFTKD_TF_LOGS", "TF_ENABLE_ONEDNN_OPTS")}
     env["KERAS_BACKEND"] = "tensorflow"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["MrKDModel", "True"], result.stdout
+    # TensorFlow loaded with its oneDNN kernels on x86-64 (keras_softkd._onednn).
+    onednn = "1" if platform.machine().lower() in ("x86_64", "amd64") else "None"
+    assert result.stdout.split() == ["MrKDModel", "True", onednn], result.stdout
     assert not TF_STARTUP.search(result.stderr), result.stderr[-3000:]
+
+
+def test_tensorflows_onednn_default_is_set_unless_the_user_or_tensorflow_came_first(monkeypatch):
+    """``TF_ENABLE_ONEDNN_OPTS=1`` on x86-64 under the TensorFlow backend before TensorFlow
+    loads; the user's value, an earlier TensorFlow, another backend or processor leave it
+    unset; the record says which."""
+    from keras_softkd import _onednn
+
+    monkeypatch.setattr(_onednn, "_origin", _onednn._origin)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(_onednn.platform, "machine", lambda: "x86_64")
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    _onednn.default_onednn("tensorflow")
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert _onednn.onednn_record().startswith("1 (set by keras_softkd: ")
+
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    _onednn.default_onednn("tensorflow")
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert _onednn.onednn_record() == "0 (the user's)"
+
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    for backend, why in {"jax": "Keras's backend is jax", "tensorflow": "imported before"}.items():
+        if backend == "tensorflow":
+            monkeypatch.setitem(sys.modules, "tensorflow", sys)  # any module: imported already
+        _onednn.default_onednn(backend)
+        assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+        assert _onednn.onednn_record().startswith("(unset) (unset; ") and why in _onednn.onednn_record()
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    monkeypatch.setattr(_onednn.platform, "machine", lambda: "aarch64")
+    _onednn.default_onednn("tensorflow")
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ and "aarch64" in _onednn.onednn_record()

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import platform
 import signal
 import subprocess
 import sys
@@ -391,6 +392,13 @@ def test_outputs_of_a_run(tiny_run):
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["precision"]["teacher_precision"] == results["hyperparameters"]["teacher_precision"]
     assert results["images_per_second"] > 0 and results["versions"]["keras"]
+    # TensorFlow's oneDNN switch first, with where it came from (keras_softkd._onednn).
+    onednn = results["environment"]["TF_ENABLE_ONEDNN_OPTS"]
+    assert next(iter(results["environment"])) == "TF_ENABLE_ONEDNN_OPTS"
+    if "TF_ENABLE_ONEDNN_OPTS" in os.environ:
+        assert onednn == f"{os.environ['TF_ENABLE_ONEDNN_OPTS']} (the user's)"
+    elif platform.machine().lower() in ("x86_64", "amd64"):
+        assert onednn.startswith("1 (set by keras_softkd: ")
     history = (out / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch") and len(history) == 4
     assert (out / "model.keras").exists() and (out / "checkpoint" / "state.json").exists()

@@ -17,7 +17,8 @@ The image protocol (:mod:`keras_softkd.experiment.image`) and the GLUE text prot
 Output directory::
 
     results.json        method, hyper-parameters (the precisions resolved), precision_requested
-                        and precision_reason, test_error/top5/nll/ece, speed, versions
+                        and precision_reason, test_error/top5/nll/ece, speed, environment
+                        (TensorFlow's oneDNN switch and who set it), versions
     history.csv         one row per epoch (Keras CSVLogger)
     model.keras         the trained student
     model_best.keras    with --keep_best: the student at its best held-out accuracy
@@ -33,6 +34,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import json
+import os
 import pathlib
 import platform
 import time
@@ -42,6 +44,7 @@ import numpy as np
 
 from keras_softkd import __version__, distribute
 from keras_softkd._io import write_atomic, write_json_atomic, write_text_atomic
+from keras_softkd._onednn import onednn_record
 from keras_softkd.config import ExperimentConfig
 from keras_softkd.errors import UsageError
 from keras_softkd.precision import AUTO
@@ -156,6 +159,7 @@ def run_results(config: ExperimentConfig, output: pathlib.Path, strategy, traine
         **({"teacher_model": teacher.name} if isinstance(teacher, keras.Model) else {}),
         "output_dir": str(output),
         "completed": True,
+        "environment": environment(),
         "versions": versions(),
     }
 
@@ -178,6 +182,16 @@ def checkpoint_epoch(output_dir) -> int:
     if not state.exists():
         return 0
     return int(json.loads(state.read_text())["epoch"])
+
+
+def environment() -> dict:
+    """The settings that change which CPU kernels ran, TensorFlow's oneDNN switch first with
+    where it came from (``"1 (set by keras_softkd: ...)"``, ``"0 (the user's)"``)."""
+    return {
+        "TF_ENABLE_ONEDNN_OPTS": onednn_record(),
+        **{name: os.environ[name] for name in ("ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS")
+           if name in os.environ},
+    }
 
 
 def versions() -> dict:
