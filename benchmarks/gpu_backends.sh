@@ -6,7 +6,8 @@
 #   pip install --no-deps -e .          # this package only; Keras, JAX[cuda], absl-py, numpy present
 #   benchmarks/gpu_backends.sh OUT_DIR [DATA_DIR]
 #
-# MODEL, STEPS, WARMUP, REPEATS (environment) override resnet56, 50, 10, 3.
+# MODEL, METHODS, STEPS, WARMUP, REPEATS (environment) override resnet56,
+# ce,lsrkd,pseudo_kd,mrkd-1,mrkd-3, 50, 10, 3.
 # TensorFlow is made unimportable in both runs (sys.modules), so they prove it is not needed.
 set -euo pipefail
 out="${1:?usage: benchmarks/gpu_backends.sh OUT_DIR [DATA_DIR]}"
@@ -20,7 +21,7 @@ without_tf() {  # python without TensorFlow: run a script with arguments
 python -c 'import jax; print("devices:", jax.devices())' | tee "$out/devices.txt"
 model="${MODEL:-resnet56}"
 without_tf benchmarks/method_throughput.py --model="$model" \
-  --methods=ce,lsrkd,pseudo_kd,mrkd-1,mrkd-3 --steps="${STEPS:-50}" --warmup="${WARMUP:-10}" \
+  --methods="${METHODS:-ce,lsrkd,pseudo_kd,mrkd-1,mrkd-3}" --steps="${STEPS:-50}" --warmup="${WARMUP:-10}" \
   --repeats="${REPEATS:-3}" --output="$out/method_throughput_jax_gpu.json" --markdown \
   | tee "$out/method_throughput.txt"
 if [ -n "$data" ]; then
