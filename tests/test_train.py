@@ -189,21 +189,23 @@ def test_keep_best_saves_the_student_of_the_best_held_out_epoch(tmp_path):
 
     data_dir = write_tiny_cifar(tmp_path / "data", train=96, test=32)
     out = tmp_path / "out"
+    # float32: the held-out accuracy of each epoch is the student's in the run's precision,
+    # and model_best.keras computes in float32 (bfloat16 could move an image of 24).
     config = ExperimentConfig(method="ce", model="resnet20", epochs=4, batch_size=24, seed=5,
                               data_dir=str(data_dir), output_dir=str(out),
-                              validation_fraction=0.25, keep_best=True)
+                              validation_fraction=0.25, keep_best=True, precision="float32")
     results = experiment.run(config)
     history = np.genfromtxt(out / "history.csv", delimiter=",", names=True)
     best_epoch = int(np.argmax(history["val_accuracy"])) + 1  # the first of the best
     assert results["best_epoch"] == best_epoch
     assert results["best_val_accuracy"] == pytest.approx(history["val_accuracy"].max())
     assert json.loads((out / "best.json").read_text())["epoch"] == best_epoch
-    # The saved student scores that accuracy on the held-out split (not on the test set).
+    # The saved student scores that accuracy on the held-out split (not on the test set), from
+    # the images as stored.
     x, y = data.load("cifar10", "train", str(data_dir))
     _, (x_valid, y_valid) = data.split_validation(x, y, 0.25, 5)
-    held_out = data.evaluation_input(x_valid, y_valid, dataset="cifar10", batch_size=256)
     best = keras.models.load_model(out / "model_best.keras")
-    logits = best.predict(held_out, verbose=0)[: len(y_valid)]
+    logits = best.predict(x_valid, verbose=0)
     assert np.mean(np.argmax(logits, 1) == y_valid) == pytest.approx(results["best_val_accuracy"])
 
 
@@ -396,6 +398,71 @@ def test_outputs_of_a_run(tiny_run):
     assert (out / "model.keras").exists() and (out / "checkpoint" / "state.json").exists()
     assert any((out / "tensorboard").rglob("*tfevents*"))
     assert not list(out.glob(".tmp-*"))  # atomic writes leave no temporary files
+
+
+#: Loads a saved model where keras_softkd cannot be imported and prints its logits on the
+#: first 64 images of each .npz file given (uint8, as stored), as JSON.
+KERAS_ALONE = """
+import json, sys
+sys.modules["keras_softkd"] = None  # unimportable here, whatever the environment installs
+try:
+    import keras_softkd
+except ImportError:
+    pass
+else:
+    raise SystemExit("keras_softkd was imported")
+import keras, numpy as np
+model = keras.models.load_model(sys.argv[1])
+logits = {}
+for path in sys.argv[2:]:
+    with np.load(path) as files:
+        logits[path] = model.predict(files["x"][:64], verbose=0).tolist()
+print("LOGITS=" + json.dumps(logits))
+"""
+
+
+def predict_with_keras_alone(model: pathlib.Path, *npz: pathlib.Path) -> dict:
+    """``{npz path: logits}`` of ``model`` in ``python -I`` (no PYTHONPATH, no user site) with
+    ``keras_softkd`` blocked, in an empty folder."""
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", KERAS_ALONE, str(model), *map(str, npz)],
+        capture_output=True, text=True, timeout=300, cwd=model.parent,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [row for row in result.stdout.splitlines() if row.startswith("LOGITS=")][0]
+    return {path: np.array(values) for path, values in json.loads(line[len("LOGITS="):]).items()}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("train_tiny_run")
+def test_model_keras_needs_keras_alone_and_scores_results_json_on_stored_images(tiny_run):
+    """model.keras (a bfloat16 run where the CPU computes it natively, saved in float32) loads
+    where keras_softkd cannot be imported, takes the uint8 test images as stored, and its
+    predictions are results.json's figures; on real CIFAR-10 images it predicts what it
+    predicts where keras_softkd is imported."""
+    import keras
+
+    root, *_ = tiny_run
+    out = root / "full"
+    results = json.loads((out / "results.json").read_text())
+    test = root / "data" / "cifar10_test.npz"
+    files = [test]
+    real = pathlib.Path(os.environ.get("KERAS_SOFTKD_DATA_DIR", "/nonexistent")) / "cifar10_test.npz"
+    if real.exists():
+        files.append(real)
+    logits = predict_with_keras_alone(out / "model.keras", *files)
+    with np.load(test) as stored:
+        y = stored["y"]
+    z = logits[str(test)]
+    assert np.mean(z.argmax(1) == y) == pytest.approx(1 - results["test_error"], abs=1e-9)
+    nll = np.mean(np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1) - z[np.arange(len(y)), y])
+    assert nll == pytest.approx(results["test_nll"], abs=1e-5)
+    if real.exists():
+        with np.load(real) as stored:
+            x = stored["x"][:64].astype("float32")
+        here = keras.models.load_model(out / "model.keras")(x, training=False)
+        np.testing.assert_allclose(logits[str(real)], np.asarray(here), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.xdist_group("train_tiny_run")
