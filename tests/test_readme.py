@@ -60,8 +60,8 @@ def skip_reason(page: str, block: str):
     if ".[bench]" in block:
         return "installs PyTorch for the benchmarks only"
     if "keras.models.load_model" in block:
-        return ("loads a trained run's model.keras; test_the_saved_model_block_runs_with_keras_alone "
-                "runs it on a saved model")
+        return ("loads a trained run's model.keras; tests/test_train.py runs it on one, where "
+                "keras_softkd cannot be imported")
     return None
 
 
@@ -125,41 +125,6 @@ def test_the_readme_python_runs_as_written(tmp_path):
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     assert (tmp_path / "resnet20.keras").stat().st_size > 0
-
-
-@pytest.mark.slow
-def test_the_saved_model_block_runs_with_keras_alone(tmp_path):
-    """training.md's load-and-predict block, on a saved model (ResNet-20 exported as a run saves
-    it) and stored test images, where keras_softkd cannot be imported: it prints the classes
-    the model predicts here."""
-    import keras
-    import numpy as np
-
-    from conftest import write_tiny_cifar
-    from keras_softkd import models
-    from keras_softkd.models import portable
-
-    [block] = [b for b in bash_blocks("docs/training.md") if "keras.models.load_model" in b]
-    path = re.search(r'load_model\("([^"]+)"\)', block).group(1)
-    saved = tmp_path / path
-    saved.parent.mkdir(parents=True)
-    keras.utils.set_random_seed(0)
-    portable.for_images(models.build("resnet20", 10), "cifar10").save(saved)
-    data_dir = write_tiny_cifar(tmp_path / "data", train=1, test=8)
-    with np.load(data_dir / "cifar10_test.npz") as files:
-        expected = keras.models.load_model(saved)(files["x"].astype("float32")).numpy().argmax(1)
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text('import sys\nsys.modules["keras_softkd"] = None\n')
-    script = re.sub(r"\bDIR\b", str(data_dir), block).replace(PYTHON, sys.executable)
-    script = "python -c 'import keras_softkd' 2>/dev/null && exit 3\n" + script
-    env = {**os.environ, "PYTHONPATH": str(blocker), "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300, env=env)
-    assert result.returncode == 0, f"{script}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    printed = [int(n) for n in re.findall(r"\d+", result.stdout.strip().splitlines()[-1])]
-    assert printed == expected.tolist()
 
 
 def slug(heading: str) -> str:
