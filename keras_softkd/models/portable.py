@@ -228,14 +228,15 @@ def _is_keras_config(config: dict) -> bool:
 
 
 def _keras_initializer(layer, key: str):
-    initializer = getattr(layer, key)
-    if not isinstance(initializer, _layers.TorchDefaultUniform):
+    """``RandomUniform`` with the bound of ``layer``'s ``TorchDefaultUniform`` ``key``."""
+    initializer = getattr(layer, key, None)
+    weight = {"kernel_initializer": "kernel", "bias_initializer": "bias",
+              "depthwise_initializer": "kernel"}.get(key)
+    if weight is None or not isinstance(initializer, _layers.TorchDefaultUniform):
         raise ValueError(
             f"Layer {layer.name!r}: its {key} is a {type(initializer).__name__}, not a Keras "
-            "initializer."
+            "initializer: the saved model would need its code to load."
         )
-    weight = {"kernel_initializer": "kernel", "bias_initializer": "bias",
-              "depthwise_initializer": "kernel"}[key]
     bound = initializer.bound(tuple(getattr(layer, weight).shape))
     seed = initializer.get_config()["seed"]
     return keras.initializers.RandomUniform(-bound, bound, seed=seed)
