@@ -96,7 +96,14 @@ class Distiller(RawInputs, keras.Model):
 
     @property
     def student(self) -> keras.Model:
-        """The model being trained (save this one for deployment)."""
+        """The model being trained (save this one for deployment).
+
+        The wrapper compiles itself, not the student: the student's own ``evaluate`` or
+        ``fit`` needs its own ``compile`` first, e.g. ``student.compile(loss=
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])``
+        (``evaluate`` on the wrapper runs the student alone without it). Compiling the student
+        here would add its optimizer to the wrapper's checkpoints.
+        """
         return self.model
 
     @property

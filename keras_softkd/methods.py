@@ -317,7 +317,8 @@ def _distillation(config: "ExperimentConfig", student: "keras.Model", setup: Set
     from keras_softkd.distillation import KDModel
     from keras_softkd.models.loading import load_teacher
 
-    teacher = load_teacher(config.teacher, setup.num_classes, config.sequence_length)
+    teacher = load_teacher(config.teacher, setup.num_classes, config.sequence_length,
+                           dataset=config.dataset)
     trainer = KDModel(
         student, teacher=teacher, alpha=config.alpha, temperature=config.temperature,
         teacher_precision=config.teacher_precision,

@@ -13,6 +13,7 @@ import pytest
 
 from keras_softkd import config, experiment, grid, methods, report
 from keras_softkd.config import ExperimentConfig
+from keras_softkd.models import portable
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES = 10
@@ -46,7 +47,9 @@ def test_every_method_trains_one_step_as_train_py_builds_it(name, tmp_path):
     fields = {"method": name, "epochs": 8}  # kappa = 1 epoch = 1 step: an MrKD copy teaches
     for required in methods.get(name).required():
         assert required == "teacher", f"give the test a value for --{required}"
-        tiny_network(seed=1).save(tmp_path / "teacher.keras")
+        # As a run saves it (raw images in, its normalisation inside): load_teacher takes the
+        # normalisation off for the pipeline's normalised images.
+        portable.for_images(tiny_network(seed=1), "cifar10").save(tmp_path / "teacher.keras")
         fields["teacher"] = str(tmp_path / "teacher.keras")
     resolved = ExperimentConfig(**fields).resolved()
     student = tiny_network(seed=0)

@@ -190,21 +190,23 @@ def test_keep_best_saves_the_student_of_the_best_held_out_epoch(tmp_path):
 
     data_dir = write_tiny_cifar(tmp_path / "data", train=96, test=32)
     out = tmp_path / "out"
+    # float32: the held-out accuracy of each epoch is the student's in the run's precision,
+    # and model_best.keras computes in float32 (bfloat16 could move an image of 24).
     config = ExperimentConfig(method="ce", model="resnet20", epochs=4, batch_size=24, seed=5,
                               data_dir=str(data_dir), output_dir=str(out),
-                              validation_fraction=0.25, keep_best=True)
+                              validation_fraction=0.25, keep_best=True, precision="float32")
     results = experiment.run(config)
     history = np.genfromtxt(out / "history.csv", delimiter=",", names=True)
     best_epoch = int(np.argmax(history["val_accuracy"])) + 1  # the first of the best
     assert results["best_epoch"] == best_epoch
     assert results["best_val_accuracy"] == pytest.approx(history["val_accuracy"].max())
     assert json.loads((out / "best.json").read_text())["epoch"] == best_epoch
-    # The saved student scores that accuracy on the held-out split (not on the test set).
+    # The saved student scores that accuracy on the held-out split (not on the test set), from
+    # the images as stored.
     x, y = data.load("cifar10", "train", str(data_dir))
     _, (x_valid, y_valid) = data.split_validation(x, y, 0.25, 5)
-    held_out = data.evaluation_input(x_valid, y_valid, dataset="cifar10", batch_size=256)
     best = keras.models.load_model(out / "model_best.keras")
-    logits = best.predict(held_out, verbose=0)[: len(y_valid)]
+    logits = best.predict(x_valid, verbose=0)
     assert np.mean(np.argmax(logits, 1) == y_valid) == pytest.approx(results["best_val_accuracy"])
 
 
@@ -404,6 +406,37 @@ def test_outputs_of_a_run(tiny_run):
     assert (out / "model.keras").exists() and (out / "checkpoint" / "state.json").exists()
     assert any((out / "tensorboard").rglob("*tfevents*"))
     assert not list(out.glob(".tmp-*"))  # atomic writes leave no temporary files
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("train_tiny_run")
+def test_model_keras_scores_results_json_on_stored_images_with_keras_alone(tiny_run, tmp_path):
+    """docs/training.md's load-and-predict block, as written, on the run's model.keras and
+    test file, where keras_softkd cannot be imported (a sitecustomize blocks it): the uint8
+    images as stored give results.json's accuracy (a bfloat16 run where the CPU computes it
+    natively, saved and evaluated in float32)."""
+    import re
+
+    from test_readme import PYTHON, bash_blocks
+
+    root, *_ = tiny_run
+    [block] = [b for b in bash_blocks("docs/training.md") if "keras.models.load_model" in b]
+    documented = re.search(r'load_model\("([^"]+)"\)', block).group(1)
+    script = block.replace(documented, str(root / "full" / "model.keras"))
+    script = re.sub(r"\bDIR\b", str(root / "data"), script).replace(PYTHON, sys.executable)
+    (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["keras_softkd"] = None\n')
+    blocked = f"{sys.executable} -c 'import keras_softkd' 2>/dev/null && exit 3\n"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(["bash", "-c", blocked + script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, f"{script}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    printed = np.array([int(n) for n in re.findall(r"\d+", result.stdout[result.stdout.rindex("["):])])
+    with np.load(root / "data" / "cifar10_test.npz") as stored:
+        y = stored["y"]
+    results = json.loads((root / "full" / "results.json").read_text())
+    assert len(printed) == len(y)
+    assert np.mean(printed == y) == pytest.approx(1 - results["test_error"], abs=1e-9)
 
 
 @pytest.mark.xdist_group("train_tiny_run")

@@ -14,13 +14,16 @@ dataset (CIFAR-10, CIFAR-100, CINIC-10) here. The data's way through :func:`run`
 4. ``fit`` on :func:`keras_softkd.data.training_input` (tf.data on TensorFlow,
    a NumPy ``PyDataset`` on JAX and PyTorch) from the last checkpoint's epoch,
    evaluating on the test (or validation) set after each epoch.
-5. The final student on the test set -> ``results.json`` (last epoch, as the
-   papers report), ``model.keras``; files written atomically
-   (:mod:`keras_softkd.experiment.lifecycle`).
+5. The final student, exported (:func:`keras_softkd.models.portable.for_images`: Keras's
+   own layers in float32, the normalisation inside, taking uint8 images), on the test set
+   -> ``results.json`` (last epoch, as the papers report), and saved as ``model.keras``:
+   the file's predictions on the stored test images are the figures of ``results.json``.
+   Files written atomically (:mod:`keras_softkd.experiment.lifecycle`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import time
@@ -39,6 +42,7 @@ from keras_softkd.experiment.lifecycle import (
     start,
 )
 from keras_softkd.experiment.trainer import build_trainer
+from keras_softkd.models import portable
 
 
 def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict:
@@ -68,7 +72,9 @@ def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict
     test = data.evaluation_input(
         x_test, y_test, dataset=config.dataset, batch_size=eval_batch, batch_multiple=split
     )
-    speed, best, callbacks = run_callbacks(config, files, checkpoint, first_epoch, len(x_train))
+    export = functools.partial(portable.for_images, dataset=config.dataset)
+    speed, best, callbacks = run_callbacks(config, files, checkpoint, first_epoch, len(x_train),
+                                           export)
     started = time.perf_counter()
     # Inside the scope: tf.distribute and keras.distribution (JAX) place the variables
     # on the devices, and keras.distribution splits the batches of fit and predict.
@@ -84,8 +90,10 @@ def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict
                 callbacks=callbacks, verbose=2, shuffle=False,
             )
         student = getattr(trainer, "student", trainer)  # MrKDModel, KDModel wrap it
+        saved = export(student)  # what model.keras holds: the test figures are its own
+        network = portable.without_normalization(saved)  # its layers, on the pipeline's images
         # [:N]: with several devices the last batch may carry zero-weight padding.
-        logits = keras.ops.convert_to_numpy(student.predict(test, verbose=0))[: len(y_test)]
+        logits = keras.ops.convert_to_numpy(network.predict(test, verbose=0))[: len(y_test)]
     diverged = not np.isfinite(logits).all()  # recorded, so a sweep does not rerun it forever
     scores = (
         dict.fromkeys(("test_error", "test_top5_error", "test_nll", "test_ece"))
@@ -94,7 +102,7 @@ def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict
     )
     results = run_results(config, output, strategy, trainer, scores, diverged, speed, started,
                           checkpoint, len(x_train), best, precision)
-    finish(files, student, results)
+    finish(files, saved, results)
     return results
 
 

@@ -14,14 +14,18 @@ The image protocol (:mod:`keras_softkd.experiment.image`) and the GLUE text prot
 4. :func:`run_results`: the ``results.json`` record; :func:`finish` writes ``model.keras``, then
    ``results.json`` (which marks the run finished), atomically.
 
+The saved models (``model.keras``, ``model_best.keras``) are what the protocol's ``export``
+makes of the student (:mod:`keras_softkd.models.portable`): Keras's own layers in float32,
+taking the data as stored (uint8 images, raw strings), loadable without this package.
+
 Output directory::
 
     results.json        method, hyper-parameters (the precisions resolved), precision_requested
                         and precision_reason, test_error/top5/nll/ece, speed, environment
                         (TensorFlow's oneDNN switch and who set it), versions
     history.csv         one row per epoch (Keras CSVLogger)
-    model.keras         the trained student
-    model_best.keras    with --keep_best: the student at its best held-out accuracy
+    model.keras         the trained student, exported: raw inputs -> float32 logits, Keras only
+    model_best.keras    with --keep_best: the student at its best held-out accuracy, exported
     best.json           its epoch and val_accuracy
     checkpoint/         weights + optimizer + MrKD memory or PS-KD table, the epoch reached and
                         the precisions the run started with (state.json)
@@ -38,6 +42,7 @@ import os
 import pathlib
 import platform
 import time
+from typing import Callable
 
 import keras
 import numpy as np
@@ -50,6 +55,9 @@ from keras_softkd.errors import UsageError
 from keras_softkd.precision import AUTO
 
 RESULTS = "results.json"
+
+#: The student -> the model a run saves (``keras_softkd.models.portable.for_images``...).
+Export = Callable[[keras.Model], keras.Model]
 
 
 def start(config: ExperimentConfig, asked: ExperimentConfig | None = None):
@@ -116,11 +124,12 @@ def run_precision(asked: ExperimentConfig, config: ExperimentConfig,
 
 
 def run_callbacks(config: ExperimentConfig, files: pathlib.Path, checkpoint: "EpochCheckpoint",
-                  first_epoch: int, examples: int):
-    """``(speed, best, callbacks)``: throughput, CSVLogger, TensorBoard, ``--keep_best``, and
-    the checkpoint last (an epoch's history row is written before its checkpoint)."""
+                  first_epoch: int, examples: int, export: Export | None = None):
+    """``(speed, best, callbacks)``: throughput, CSVLogger, TensorBoard, ``--keep_best`` (which
+    saves ``export(student)``), and the checkpoint last (an epoch's history row is written
+    before its checkpoint)."""
     speed = Throughput(images_per_epoch=examples)
-    best = BestModel(files) if config.keep_best else None
+    best = BestModel(files, export) if config.keep_best else None
     callbacks = [
         speed,
         keras.callbacks.CSVLogger(str(files / "history.csv"), append=first_epoch > 0),
@@ -164,9 +173,10 @@ def run_results(config: ExperimentConfig, output: pathlib.Path, strategy, traine
     }
 
 
-def finish(files: pathlib.Path, student: keras.Model, results: dict) -> None:
-    """Writes ``model.keras``, then ``results.json`` (which marks the run finished), atomically."""
-    write_atomic(files / "model.keras", lambda tmp: student.save(tmp))
+def finish(files: pathlib.Path, model: keras.Model, results: dict) -> None:
+    """Writes ``model`` (the exported student) as ``model.keras``, then ``results.json`` (which
+    marks the run finished), atomically."""
+    write_atomic(files / "model.keras", lambda tmp: model.save(tmp))
     write_json_atomic(files / RESULTS, results)
 
 
@@ -323,14 +333,16 @@ class BestModel(keras.callbacks.Callback):
     """Keeps the student of the epoch with the best held-out ``val_accuracy`` (P: teachers
     "picked based on their best accuracy").
 
-    ``model_best.keras`` is written atomically when an epoch beats the best so
+    ``model_best.keras`` (``export(student)``, as ``model.keras``; the student itself
+    without ``export``) is written atomically when an epoch beats the best so
     far, then ``best.json`` (its epoch and accuracy), which a resumed run
     reads. train.py allows it only with ``--validation_fraction > 0``: the
     choice is made on the held-out split, never on the test set.
     """
 
-    def __init__(self, directory: pathlib.Path):
+    def __init__(self, directory: pathlib.Path, export: Export | None = None):
         super().__init__()
+        self.export = export
         self.path = pathlib.Path(directory) / "model_best.keras"
         self.record = pathlib.Path(directory) / "best.json"
         self.best = json.loads(self.record.read_text()) if self.record.exists() else None
@@ -342,7 +354,8 @@ class BestModel(keras.callbacks.Callback):
         if self.best is not None and accuracy <= self.best["val_accuracy"]:
             return
         student = getattr(self.model, "student", self.model)
-        write_atomic(self.path, lambda tmp: student.save(tmp))
+        model = self.export(student) if self.export is not None else student
+        write_atomic(self.path, lambda tmp: model.save(tmp))
         self.best = {"epoch": epoch + 1, "val_accuracy": float(accuracy)}
         write_json_atomic(self.record, self.best)
 

@@ -27,7 +27,9 @@ start, checkpoint, callbacks and results writing are the shared lifecycle's
 4. ``fit`` from the checkpoint's epoch, validating on the held-out split or
    the (first) dev split after each epoch.
 5. ``results.json``: ``test_error``, ``test_nll``, ``test_ece`` (the image
-   side's keys, so report and grid read a text run too) on the first dev split
+   side's keys, so report and grid read a text run too), computed by the student as
+   ``model.keras`` saves it (:func:`keras_softkd.models.portable.for_text`: float32,
+   KerasHub's classes only, taking raw strings), on the first dev split
    (MNLI: matched), and ``glue``: per dev split the task's metrics
    (:func:`keras_softkd.metrics.glue_scores`, percent) beside ``nll``, ``ece``
    and ``error``; ``glue_metric`` and ``glue_score`` the headline (the task's
@@ -60,6 +62,7 @@ from keras_softkd.experiment.lifecycle import (
     start,
 )
 from keras_softkd.experiment.trainer import build_trainer
+from keras_softkd.models import portable
 from keras_softkd.preprocessing import with_teacher_logits
 
 #: Examples per tokenization and evaluation batch.
@@ -83,7 +86,7 @@ def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict
     first_epoch = checkpoint.epoch_reached()
     steps_per_epoch = -(-len(y_train) // config.batch_size)
     speed, best, callbacks = run_callbacks(
-        config, files, checkpoint, first_epoch, len(y_train)
+        config, files, checkpoint, first_epoch, len(y_train), portable.for_text
     )
     started = time.perf_counter()
     with strategy.scope():
@@ -111,7 +114,8 @@ def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict
                 steps_per_epoch=steps_per_epoch, validation_data=evaluation,
                 callbacks=callbacks, verbose=2, shuffle=False,
             )
-        logits = {split: _predict(student, inputs) for split, inputs in dev_inputs.items()}
+        saved = portable.for_text(student)  # what model.keras holds: the scores are its own
+        logits = {split: _predict(saved, inputs) for split, inputs in dev_inputs.items()}
     scores, diverged = dev_scores(config.dataset, dev, logits)
     results = run_results(
         config, output, strategy, trainer, scores, diverged, speed, started, checkpoint,
@@ -119,7 +123,7 @@ def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict
     )
     if teacher is not None:
         results["teacher_logits"] = "computed once over the training set before training"
-    finish(files, student, results)
+    finish(files, saved, results)
     return results
 
 
