@@ -124,6 +124,10 @@ flags.DEFINE_integer("train_examples", None, "Use only the first N shuffled trai
 flags.DEFINE_float("validation_fraction", 0.0,
                    "Hold out this fraction of the training set for per-epoch validation "
                    "(0: evaluate on the test set each epoch).")
+flags.DEFINE_integer("eval_examples", None,
+                     "Image datasets: evaluate each epoch on this many examples of the held-out or "
+                     "test split (a seeded subset) for a quicker run; the final evaluation, "
+                     "results.json's, is always on the whole test set.")
 flags.DEFINE_bool("keep_best", False,
                   "Also save the student of the epoch with the best held-out accuracy "
                   "(model_best.keras; needs --validation_fraction > 0).")

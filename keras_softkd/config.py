@@ -127,6 +127,7 @@ class ExperimentConfig:
     teacher_precision: str = "auto"
     train_examples: Optional[int] = None
     validation_fraction: float = 0.0
+    eval_examples: Optional[int] = None  # per-epoch evaluation on a subset (images)
     keep_best: bool = False
     overwrite: bool = False
 
@@ -177,6 +178,13 @@ class ExperimentConfig:
                 f"not --dataset={self.dataset}."
             )
         _number_in("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True)
+        if self.eval_examples is not None:
+            if is_text(self.dataset):
+                raise UsageError(
+                    f"--eval_examples applies to the image datasets, not --dataset={self.dataset} "
+                    "(a GLUE run's per-epoch evaluation is its dev split, also its result)."
+                )
+            _integer_at_least("eval_examples", self.eval_examples, 1)
         if self.keep_best and self.validation_fraction == 0:
             raise UsageError(
                 "--keep_best picks the epoch of best held-out accuracy: set --validation_fraction "
@@ -270,6 +278,8 @@ class ExperimentConfig:
             values["sequence_length"] = self.sequence_length
         if self.lr_schedule == "linear":
             values["warmup_fraction"] = self.warmup_fraction
+        if self.eval_examples is not None:
+            values["eval_examples"] = self.eval_examples
         return values
 
     def _protocol_defaults(self) -> dict:

@@ -68,6 +68,8 @@ def run_train(*args, timeout=600, umask=None):
         ({"method": "lsr", "initial_weights_teach": True}, "--initial_weights_teach"),
         ({"method": "mrkd", "initial_weights_teach": "yes"}, "--initial_weights_teach"),
         ({"keep_best": True}, "--validation_fraction"),
+        ({"eval_examples": 0}, "--eval_examples"),
+        ({"dataset": "rte", "model": "bert_tiny_scratch", "eval_examples": 8}, "--eval_examples"),
         ({"precision": "bfloat16"}, "--precision"),
         ({"method": "lsr", "teacher_precision": "bfloat16"}, "--teacher_precision"),
     ],
@@ -179,6 +181,32 @@ def test_a_kd_run_records_its_teachers_network(tmp_path):
     assert "teacher_model" not in results["ce"]
     written = json.loads((tmp_path / "kd" / "results.json").read_text())
     assert written["teacher_model"] == "resnet20" and written["completed"]
+
+
+@pytest.mark.slow
+def test_eval_examples_evaluates_each_epoch_on_a_subset_and_the_result_on_the_whole_test_set(tmp_path):
+    """--eval_examples (the quickstart's 2,000): history.csv's val_* are the final student's on a
+    seeded subset of the test images, results.json's on all of them (model.keras reproduces both)."""
+    import keras
+
+    from keras_softkd import data
+
+    data_dir = write_tiny_cifar(tmp_path / "data", train=64, test=32)
+    out = tmp_path / "out"
+    # float32: the last epoch's evaluation and model.keras compute alike.
+    results = experiment.run(ExperimentConfig(
+        method="ce", model="resnet20", epochs=1, batch_size=32, seed=2, data_dir=str(data_dir),
+        output_dir=str(out), eval_examples=7, precision="float32"))
+    assert results["hyperparameters"]["eval_examples"] == 7
+    history = np.genfromtxt(out / "history.csv", delimiter=",", names=True)
+    x_test, y_test = data.load("cifar10", "test", str(data_dir))
+    x_sub, y_sub = data.take_subset(x_test, y_test, 7, 2)
+    model = keras.models.load_model(out / "model.keras")
+    sub_accuracy = float(np.mean(model.predict(x_sub, verbose=0).argmax(1) == y_sub))
+    all_error = float(np.mean(model.predict(x_test, verbose=0).argmax(1) != y_test))
+    assert float(history["val_accuracy"]) == pytest.approx(sub_accuracy, abs=1e-6)
+    assert round(float(history["val_accuracy"]) * 7, 6).is_integer()
+    assert results["test_error"] == pytest.approx(all_error, abs=1e-9)
 
 
 @pytest.mark.slow

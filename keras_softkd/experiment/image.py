@@ -107,7 +107,8 @@ def run(config: ExperimentConfig, asked: ExperimentConfig | None = None) -> dict
 
 
 def load_data(config: ExperimentConfig):
-    """``(train, eval, test)`` arrays; ``eval`` is the held-out split or the test set."""
+    """``(train, eval, test)`` arrays; ``eval`` is the held-out split or the test set (its first
+    ``--eval_examples`` of a seeded shuffle where that is set)."""
     if config.data_dir is not None and not os.path.exists(config.data_dir):
         raise UsageError(
             f"--data_dir={config.data_dir!r} does not exist (give a folder of local files, a "
@@ -131,6 +132,9 @@ def load_data(config: ExperimentConfig):
         )
     else:
         x_eval, y_eval = x_test, y_test
+    if config.eval_examples is not None and config.eval_examples < len(x_eval):
+        # The per-epoch evaluation on a seeded subset; the final one stays on the whole test set.
+        x_eval, y_eval = data.take_subset(x_eval, y_eval, config.eval_examples, config.seed)
     return (x_train, y_train), (x_eval, y_eval), (x_test, y_test)
 
 
