@@ -69,8 +69,9 @@ def quiet_startup() -> None:
     """What ``import keras_softkd`` runs: JAX on the CPU alone where it has nothing else to
     probe, TensorFlow's oneDNN kernels on x86-64 unless the user says otherwise
     (:mod:`keras_softkd._onednn`), and TensorFlow's import quiet whenever it comes."""
-    _jax_on_cpu_only()
-    default_onednn(_keras_backend())
+    backend = _keras_backend()  # keras.json read once
+    _jax_on_cpu_only(backend)
+    default_onednn(backend)
     quiet_tensorflow_imports()
 
 
@@ -124,10 +125,10 @@ class _QuietLoader(importlib.abc.Loader):
         return getattr(self.loader, name)
 
 
-def _jax_on_cpu_only() -> None:
-    """``JAX_PLATFORMS=cpu`` where Keras's backend is JAX, JAX is not imported yet, the
+def _jax_on_cpu_only(backend: str) -> None:
+    """``JAX_PLATFORMS=cpu`` where Keras's ``backend`` is JAX, JAX is not imported yet, the
     variable is unset and no accelerator plugin is installed (nothing else to find)."""
-    if "JAX_PLATFORMS" in os.environ or "jax" in sys.modules or _keras_backend() != "jax":
+    if "JAX_PLATFORMS" in os.environ or "jax" in sys.modules or backend != "jax":
         return
     if any(importlib.util.find_spec(name) is not None for name in ("jax_plugins", "libtpu")):
         return
